@@ -1,0 +1,48 @@
+"""The authors' inversion sweep, kept as the test oracle (paper A §6: what the fast path must reproduce).
+
+Every candidate is appended to the full prefix and the whole sequence is run through the *whole* model with
+``output_hidden_states`` (no cache, no truncation), float32; ``|𝒱| · T`` full passes per prompt, which is why the
+project does not use it for real runs (defect table, row 4).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from steerlimits import hooks
+
+__all__ = ["reference_sweep"]
+
+
+@torch.no_grad()
+def reference_sweep(model: nn.Module, prefix_ids: Tensor, target_t: Tensor, measure_at: int,
+                    batch_size: int = 1024, *, candidate_ids: Tensor | None = None, top_k: int = 10,
+                    layers_path: str | None = None) -> tuple[Tensor, Tensor]:
+    """Top-``top_k`` ``(tokens, distances)`` of ``‖hidden_states[measure_at][prefix + c][-1] − target_t‖₂``.
+
+    Parameters
+    ----------
+    prefix_ids
+        ``(P,)`` tokens before the candidate position (``P = 0`` allowed).
+    target_t
+        ``(d_model,)`` target state at the candidate position.
+    candidate_ids
+        ``(n,)`` tokens to try; default the whole vocabulary.
+    """
+    _, blocks = hooks.resolve_blocks(model, layers_path)
+    if not 1 <= measure_at <= len(blocks) - 1:
+        raise ValueError(f"measure_at={measure_at} must be in 1 … {len(blocks) - 1} (a block output)")
+    device = model.get_input_embeddings().weight.device
+    vocab = model.get_input_embeddings().weight.shape[0]
+    prefix = torch.as_tensor(prefix_ids, dtype=torch.long, device=device).reshape(-1)
+    cands = torch.arange(vocab, device=device) if candidate_ids is None else candidate_ids.to(device).reshape(-1)
+    target_t = target_t.to(device=device, dtype=torch.float32)
+    dist = torch.empty(cands.numel(), device=device)
+    for start in range(0, cands.numel(), batch_size):
+        chunk = cands[start:start + batch_size]
+        ids = torch.cat([prefix.expand(chunk.numel(), -1), chunk[:, None]], dim=1)
+        states = hooks.forward_hidden(model, ids)[measure_at][:, -1].float()
+        dist[start:start + chunk.numel()] = torch.linalg.vector_norm(states - target_t, dim=-1)
+    best = torch.topk(dist, min(top_k, cands.numel()), largest=False)
+    return cands[best.indices].cpu(), best.values.cpu()

@@ -1,0 +1,307 @@
+"""Sequential (SipIt-style) prompt inversion with per-position certificates (paper A §3, decisions D3/D5).
+
+Per position ``t`` the key/value cache of the tokens chosen so far ``ŝ_<t`` is built once (:class:`PrefixKV`),
+candidates ``c`` are scored in batches through blocks ``0 … m-1`` only, and the distance
+``δ_t(c) = ‖h^m_t(ŝ_<t, c) − target_t‖₂`` is kept for every verified candidate; the top-1 is appended.
+
+* ``mode="ranked"``: ``n_candidates`` tokens in the order of a gradient ranking (below), verified exactly,
+  stopping early once the best distance is ``<= tau_exact``.
+* ``mode="exhaustive"``: the whole vocabulary is swept; the position is *certified*: the minimum over 𝒱 given
+  ``ŝ_<t`` (not over all sequences). With ``screen_dtype="bfloat16"`` a bf16 copy screens 𝒱 and every candidate
+  within ``2 × margin`` of the k-th smallest screened distance is re-verified in float32, where ``margin`` is the
+  largest ``|δ_bf16 − δ_fp32|`` measured on a calibration set (256 random + the 64 best screened candidates)
+  times ``screen_safety``; the margin is stored with the certificate.
+
+Gradient ranking (``grad_steps = 0``, the default): the loss ``L(e) = ‖h^m_t(ŝ_<t, e) − target_t‖²`` of a
+continuous input embedding ``e`` at ``t`` is linearised at the mean embedding ``ē``, i.e. the one-hot gradient at
+the uniform mixture (as in GCG): candidates are ordered by ``∇L(ē) · E_c`` (largest first-order decrease first).
+With ``grad_steps > 0``, ``e`` is optimised by Adam from ``ē`` and tokens are ordered by ``‖E_c − e‖₂`` (SipIt).
+
+Noise floor (D3): ``floor_t = ‖full pass − cached incremental pass‖`` on the same ids; ``tau_exact`` defaults to
+``10 × max_t floor_t`` measured on ``floor_ids`` (the ids that produced the target, when the caller has them) or
+else on a seeded random probe of the same length.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from steerlimits import hooks
+from steerlimits.invert._forward import PrefixKV, TruncatedLM, embedding_matrix
+
+__all__ = [
+    "InversionConfig",
+    "InversionResult",
+    "PositionResult",
+    "exhaustive_sweep",
+    "invert",
+    "noise_floor",
+    "target_states",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InversionConfig:
+    """Every knob of :func:`invert`; the defaults are the project's (paper A §3, D5)."""
+
+    measure_at: int  # hidden_states index m (= inject layer l + 1): output of block m-1
+    mode: Literal["ranked", "exhaustive"] = "ranked"
+    n_candidates: int = 128  # verified candidates per position in ranked mode
+    batch_size: int = 1024
+    top_k: int = 10
+    grad_steps: int = 0  # 0: first-order ranking at the mean embedding; >0: Adam steps, rank by L2 to e
+    grad_lr: float = 0.1  # Adam step size in units of the embedding table's standard deviation
+    tau_exact: float | None = None  # absolute; None: 10 x measured noise floor (max over positions)
+    early_exit: bool = True  # stop verifying at a position once the best distance <= tau_exact
+    screen_dtype: Literal["float32", "bfloat16"] = "float32"  # bf16 screening (exhaustive mode only)
+    screen_safety: float = 2.0  # measured bf16-fp32 margin is multiplied by this
+    seed: int = 0
+    layers_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("ranked", "exhaustive"):
+            raise ValueError(f"mode must be 'ranked' or 'exhaustive', got {self.mode!r}")
+        if self.screen_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"screen_dtype must be 'float32' or 'bfloat16', got {self.screen_dtype!r}")
+        if self.screen_dtype == "bfloat16" and self.mode != "exhaustive":
+            raise ValueError("screen_dtype='bfloat16' is only defined for mode='exhaustive'")
+        for name in ("n_candidates", "batch_size", "top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.grad_steps < 0:
+            raise ValueError(f"grad_steps must be >= 0, got {self.grad_steps}")
+
+
+@dataclass
+class PositionResult:
+    """One position: top-k (token, distance) among the verified candidates, and what was established."""
+
+    position: int
+    chosen_token: int
+    topk_tokens: list[int]
+    topk_dist: list[float]
+    n_verified: int  # float32 exact evaluations
+    certified: bool  # the whole vocabulary was covered: topk_dist[0] is the minimum over 𝒱 given ŝ_<t
+    exact: bool  # topk_dist[0] <= tau_exact
+    n_screened: int = 0  # bf16 screening evaluations
+    screen_margin: float | None = None  # bf16-fp32 margin used (measured max x screen_safety)
+    wall_s: float = 0.0
+
+
+@dataclass
+class InversionResult:
+    """Recovered ids (positions after ``prefix_ids``) with per-position certificates and provenance."""
+
+    ids: list[int]
+    positions: list[PositionResult]
+    noise_floor: list[float]  # per position, on the ids named by floor_source
+    tau_exact: float
+    floor_source: Literal["config", "floor_ids", "probe"]
+    n_verified_total: int
+    vocab_size: int
+    wall_s: float
+    config: InversionConfig
+    prefix_ids: list[int] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------- states and floors
+def _ids_1d(ids: Tensor | list[int], device: torch.device) -> Tensor:
+    ids = torch.as_tensor(ids, dtype=torch.long, device=device)
+    if ids.ndim == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.ndim != 1:
+        raise ValueError(f"ids must have shape (T,) or (1, T), got {tuple(ids.shape)}")
+    return ids
+
+
+@torch.no_grad()
+def target_states(model: nn.Module, ids: Tensor, measure_at: int, *, vector: Tensor | None = None,
+                  alpha: float = 0.0, inject_layer: int | None = None, layers_path: str | None = None) -> Tensor:
+    """States ``(T, d)`` at ``hidden_states[measure_at]`` by the cached incremental path the search uses.
+
+    Natural (``alpha = 0`` or no vector) or steered: ``alpha · vector`` added at the input of block
+    ``inject_layer`` (default ``measure_at - 1``) at every position, via :func:`steerlimits.hooks.add_vector`.
+    """
+    tl = TruncatedLM(model, measure_at, layers_path)
+    ids = _ids_1d(ids, tl.device)
+    if vector is None or alpha == 0.0:
+        return tl.prefix_of(ids)[1]
+    layer = measure_at - 1 if inject_layer is None else inject_layer
+    if not 0 <= layer < measure_at:
+        raise ValueError(f"inject_layer={layer} must be < measure_at={measure_at} to affect the measured state")
+    with hooks.add_vector(model, layer, vector, alpha, positions="all", layers_path=layers_path):
+        return tl.prefix_of(ids)[1]
+
+
+@torch.no_grad()
+def noise_floor(model: nn.Module, ids: Tensor, measure_at: int, layers_path: str | None = None) -> Tensor:
+    """``(T,)``: ``‖full-sequence pass − cached incremental pass‖₂`` per position on the same ``ids``."""
+    tl = TruncatedLM(model, measure_at, layers_path)
+    ids = _ids_1d(ids, tl.device)
+    full = tl.full(input_ids=ids[None])[0]
+    return torch.linalg.vector_norm(full - tl.prefix_of(ids)[1], dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------ searching
+def _rank(tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, config: InversionConfig) -> Tensor:
+    """All token ids ``(V,)``, most promising first (see module docstring)."""
+    table = embedding_matrix(tl.model).detach()
+    e = table.mean(0, keepdim=True).clone().requires_grad_(True)
+    with torch.enable_grad():
+        if config.grad_steps == 0:
+            loss = (tl.step(prefix, inputs_embeds=e)[0][0] - target_t).pow(2).sum()
+            (grad,) = torch.autograd.grad(loss, e)
+            return torch.argsort(table @ grad[0])
+        opt = torch.optim.Adam([e], lr=config.grad_lr * float(table.std()))
+        for _ in range(config.grad_steps):
+            loss = (tl.step(prefix, inputs_embeds=e)[0][0] - target_t).pow(2).sum()
+            (e.grad,) = torch.autograd.grad(loss, e)  # never accumulates into the model's parameters
+            opt.step()
+    return torch.argsort(torch.linalg.vector_norm(table - e.detach(), dim=-1))
+
+
+@torch.no_grad()
+def _distances(tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, cands: Tensor, batch_size: int,
+               bar: Any = None, tau: float | None = None) -> tuple[Tensor, int]:
+    """Distances ``(n,)`` for ``cands`` (inf where not evaluated); stops after a batch reaching ``<= tau``."""
+    dist = torch.full((cands.numel(),), float("inf"), device=target_t.device)
+    done = 0
+    for start in range(0, cands.numel(), batch_size):
+        chunk = cands[start:start + batch_size]
+        states = tl.score(prefix, chunk).to(target_t.dtype)
+        dist[start:start + chunk.numel()] = torch.linalg.vector_norm(states - target_t, dim=-1)
+        done += chunk.numel()
+        if bar is not None:
+            bar.update(chunk.numel())
+        if tau is not None and float(dist[start:start + chunk.numel()].min()) <= tau:
+            break
+    return dist, done
+
+
+def _top(cands: Tensor, dist: Tensor, k: int) -> tuple[list[int], list[float]]:
+    k = min(k, int(torch.isfinite(dist).sum()))
+    best = torch.topk(dist, k, largest=False)
+    return cands[best.indices].tolist(), best.values.tolist()
+
+
+def _search_position(t: int, tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, config: InversionConfig,
+                     tau: float, screen: tuple[TruncatedLM, PrefixKV] | None, progress: bool) -> PositionResult:
+    start = time.perf_counter()
+    vocab = tl.vocab_size
+    exhaustive = config.mode == "exhaustive"
+    n = vocab if exhaustive else min(config.n_candidates, vocab)
+    with tqdm(total=n, desc=f"position {t}", disable=not (progress and exhaustive), leave=False) as bar:
+        if screen is not None:
+            return _screened_position(t, tl, prefix, target_t, config, tau, screen, bar, start)
+        if exhaustive and not config.early_exit:
+            order = torch.arange(vocab, device=tl.device)
+        else:
+            order = _rank(tl, prefix, target_t, config)[:n]
+        dist, done = _distances(tl, prefix, target_t, order, config.batch_size, bar,
+                                tau if config.early_exit else None)
+    tokens, dists = _top(order, dist, config.top_k)
+    return PositionResult(position=t, chosen_token=tokens[0], topk_tokens=tokens, topk_dist=dists,
+                          n_verified=done, certified=exhaustive and done == vocab, exact=dists[0] <= tau,
+                          wall_s=time.perf_counter() - start)
+
+
+def _screened_position(t: int, tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, config: InversionConfig,
+                       tau: float, screen: tuple[TruncatedLM, PrefixKV], bar: Any, start: float) -> PositionResult:
+    """bf16 screen of 𝒱, then float32 re-verification of every candidate the margin cannot exclude."""
+    screen_tl, screen_prefix = screen
+    vocab = tl.vocab_size
+    every = torch.arange(vocab, device=tl.device)
+    d16, _ = _distances(screen_tl, screen_prefix, target_t, every, config.batch_size, bar)
+    gen = torch.Generator().manual_seed(config.seed + t)
+    sample = torch.randperm(vocab, generator=gen)[:256].to(tl.device)
+    calib = torch.unique(torch.cat([sample, torch.argsort(d16)[:64]]))
+    d32_calib, _ = _distances(tl, prefix, target_t, calib, config.batch_size)
+    margin = config.screen_safety * float((d16[calib] - d32_calib).abs().max())
+    kth = float(torch.kthvalue(d16, min(config.top_k, vocab)).values)
+    rest = every[(d16 <= kth + 2 * margin) & ~torch.isin(every, calib)]
+    d32_rest, _ = _distances(tl, prefix, target_t, rest, config.batch_size)
+    tokens, dists = _top(torch.cat([calib, rest]), torch.cat([d32_calib, d32_rest]), config.top_k)
+    return PositionResult(position=t, chosen_token=tokens[0], topk_tokens=tokens, topk_dist=dists,
+                          n_verified=calib.numel() + rest.numel(), certified=True, exact=dists[0] <= tau,
+                          n_screened=vocab, screen_margin=margin, wall_s=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def exhaustive_sweep(model: nn.Module, prefix_ids: Tensor, target_t: Tensor, measure_at: int, *,
+                     candidate_ids: Tensor | None = None, batch_size: int = 1024, top_k: int = 10,
+                     layers_path: str | None = None) -> tuple[Tensor, Tensor]:
+    """Fast counterpart of :func:`steerlimits.invert.reference_sweep`: top-k ``(tokens, distances)`` over
+    ``candidate_ids`` (default 𝒱) appended to ``prefix_ids (P,)`` (``P = 0`` allowed), via the cached path."""
+    tl = TruncatedLM(model, measure_at, layers_path)
+    prefix, _ = tl.prefix_of(_ids_1d(prefix_ids, tl.device))
+    cands = torch.arange(tl.vocab_size, device=tl.device) if candidate_ids is None else candidate_ids.to(tl.device)
+    dist, _ = _distances(tl, prefix, target_t.to(tl.device, tl.dtype), cands, batch_size)
+    tokens, dists = _top(cands, dist, top_k)
+    return torch.tensor(tokens), torch.tensor(dists)
+
+
+def invert(model: nn.Module, target: Tensor, config: InversionConfig, *, prefix_ids: Tensor | None = None,
+           floor_ids: Tensor | None = None, progress: bool = True) -> InversionResult:
+    """Invert ``target (T, d)`` (states at ``hidden_states[config.measure_at]``) position by position.
+
+    Parameters
+    ----------
+    prefix_ids
+        ``(P,)`` fixed tokens before the first inverted position (BOS or a template header); ``target`` covers
+        the ``T`` positions after it.
+    floor_ids
+        ``(T,)`` ids on which the noise floor is measured (those that produced ``target``); default: a random
+        probe drawn with ``config.seed``. Ignored for ``tau_exact`` when ``config.tau_exact`` is set (the floor
+        is still measured and stored).
+    """
+    start = time.perf_counter()
+    tl = TruncatedLM(model, config.measure_at, config.layers_path)
+    target = target.detach().to(tl.device, tl.dtype)
+    if target.ndim != 2:
+        raise ValueError(f"target must have shape (T, d_model), got {tuple(target.shape)}")
+    prefix_ids = _ids_1d([] if prefix_ids is None else prefix_ids, tl.device)
+    n_pos = target.shape[0]
+    if floor_ids is None:
+        gen = torch.Generator().manual_seed(config.seed)
+        probe = torch.randint(0, tl.vocab_size, (n_pos,), generator=gen).to(tl.device)
+    else:
+        probe = _ids_1d(floor_ids, tl.device)
+    floor = noise_floor(model, torch.cat([prefix_ids, probe]), config.measure_at, config.layers_path)
+    floor = floor[prefix_ids.numel():]
+    tau = float(config.tau_exact) if config.tau_exact is not None else 10.0 * float(floor.max())
+    source = "config" if config.tau_exact is not None else ("probe" if floor_ids is None else "floor_ids")
+
+    with torch.no_grad():
+        prefix, _ = tl.prefix_of(prefix_ids)
+    screen = None
+    if config.mode == "exhaustive" and config.screen_dtype == "bfloat16":
+        screen_tl = TruncatedLM(copy.deepcopy(model).to(torch.bfloat16), config.measure_at, config.layers_path)
+        with torch.no_grad():
+            screen = (screen_tl, screen_tl.prefix_of(prefix_ids)[0])
+    positions: list[PositionResult] = []
+    for t in tqdm(range(n_pos), desc="inverting", disable=not progress):
+        pos = _search_position(t, tl, prefix, target[t], config, tau, screen, progress)
+        positions.append(pos)
+        with torch.no_grad():
+            prefix, _ = tl.extend(prefix, pos.chosen_token)
+            if screen is not None:
+                screen = (screen[0], screen[0].extend(screen[1], pos.chosen_token)[0])
+        logger.info("position %d: token %d, best %.3g (tau %.3g), %d verified%s", t, pos.chosen_token,
+                    pos.topk_dist[0], tau, pos.n_verified, ", certified" if pos.certified else "")
+    return InversionResult(
+        ids=[p.chosen_token for p in positions], positions=positions, noise_floor=floor.tolist(), tau_exact=tau,
+        floor_source=source, n_verified_total=sum(p.n_verified for p in positions), vocab_size=tl.vocab_size,
+        wall_s=time.perf_counter() - start, config=config, prefix_ids=prefix_ids.tolist())

@@ -1,0 +1,107 @@
+"""Provenance and atomic writes: every output records config hash, model sha256, code version and seed.
+
+Writes go to a temporary file in the destination folder and are moved into place with ``os.replace``, so a
+finished-looking file is never partial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from steerlimits import __version__
+
+__all__ = [
+    "REPO_ROOT",
+    "atomic_path",
+    "atomic_write_json",
+    "atomic_write_text",
+    "code_version",
+    "config_hash",
+    "provenance",
+    "sidecar_path",
+    "write_with_sidecar",
+]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@functools.cache
+def code_version() -> str:
+    """``steerlimits-<version>+<git describe>`` (``-dirty`` marks uncommitted changes), or the version alone."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return f"steerlimits-{__version__}" + (f"+{out}" if out else "")
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """First 16 hex digits of the sha256 of the canonical JSON of ``config``."""
+    return hashlib.sha256(_canonical(dict(config)).encode()).hexdigest()[:16]
+
+
+def provenance(config: Mapping[str, Any] | None, *, model_sha256: str | None = None,
+               seed: int | None = None, **extra: Any) -> dict[str, Any]:
+    """The provenance block stored beside every output."""
+    rec: dict[str, Any] = {
+        "config_hash": config_hash(config) if config is not None else None,
+        "model_sha256": model_sha256,
+        "code_version": code_version(),
+        "seed": seed,
+    }
+    rec.update(extra)
+    return rec
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """``results/x.csv`` -> ``results/x.csv.meta.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".meta.json")
+
+
+def write_with_sidecar(path: str | Path, write: Any, meta: Mapping[str, Any]) -> None:
+    """Write ``meta`` to the sidecar, then call ``write(tmp_path)`` and move the result onto ``path``."""
+    atomic_write_json(sidecar_path(path), dict(meta))
+    with atomic_path(path) as tmp:
+        write(tmp)

@@ -1,0 +1,102 @@
+"""Batched steered generation: left padding, explicit positions, greedy or seeded sampling.
+
+The prompt ids come from :mod:`steerlimits.prompting` (chat template applied once, where used). Each batch is
+left-padded (``generate`` derives position ids from the attention mask), steered by
+:func:`steerlimits.hooks.add_vector` at the input of block ``layer``, and its continuation is decoded separately
+from the prompt. Sampling is seeded per batch: ``seed`` of a record is the seed its batch was drawn with, so a run
+is reproducible for a given batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from steerlimits.hooks import Positions, add_vector
+from steerlimits.prompting import left_pad, pad_id
+
+__all__ = ["Generation", "GenerationConfig", "generate"]
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    max_new_tokens: int = 24
+    temperature: float = 0.8  # 0 = greedy
+    top_p: float = 1.0
+    batch_size: int = 32
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    prompt_index: int
+    sample: int
+    prompt: str
+    continuation: str
+    alpha: float
+    seed: int
+    n_new_tokens: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[tuple[int, Sequence[Any]]]:
+    for b, start in enumerate(range(0, len(items), size)):
+        yield b, items[start:start + size]
+
+
+@torch.no_grad()
+def generate(model: Any, tok: Any, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, *,
+             vector: torch.Tensor | None = None, alpha: float = 0.0, layer: int | None = None,
+             positions: Positions = "all", n_samples: int = 1, progress: bool = True) -> list[Generation]:
+    """Generate ``n_samples`` continuations per prompt, steered by ``alpha * vector`` at block ``layer``'s input.
+
+    Parameters
+    ----------
+    prompts : token ids per prompt (unpadded).
+    vector : Float[Tensor, "d_model"] or None (no steering).
+    positions : ``all`` or ``last_prompt_and_generated`` (decision D4).
+    """
+    if vector is not None and layer is None:
+        raise ValueError("a steering vector needs a layer")
+    jobs = [(i, s) for s in range(n_samples) for i in range(len(prompts))]
+    pid, out = pad_id(tok), []
+    eos = tok.eos_token_id
+    n_batches = -(-len(jobs) // cfg.batch_size)
+    for b, batch in tqdm(_batches(jobs, cfg.batch_size), total=n_batches, desc=f"generate a={alpha:g}",
+                         disable=not progress):
+        ids, mask = left_pad([prompts[i] for i, _ in batch], pid)
+        seed = cfg.seed * 1_000_003 + b
+        torch.manual_seed(seed)
+        sampling = cfg.temperature > 0
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=cfg.max_new_tokens, do_sample=sampling, pad_token_id=pid, eos_token_id=eos,
+            top_k=None, repetition_penalty=None,
+        )
+        if sampling:
+            kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)
+        else:
+            kwargs.update(temperature=None, top_p=None)
+        if vector is not None and alpha != 0.0:
+            assert layer is not None
+            with add_vector(model, layer, vector, alpha, positions=positions, prompt_length=ids.shape[1]):
+                gen = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        else:
+            gen = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        new = gen[:, ids.shape[1]:]
+        for row, (i, s) in enumerate(batch):
+            toks = new[row]
+            if eos is not None and (toks == eos).any():
+                toks = toks[: int((toks == eos).nonzero()[0])]
+            toks = toks[toks != pid]
+            out.append(Generation(
+                prompt_index=i, sample=s, prompt=tok.decode(prompts[i], skip_special_tokens=False),
+                continuation=tok.decode(toks, skip_special_tokens=True), alpha=float(alpha), seed=seed,
+                n_new_tokens=int(toks.numel()),
+            ))
+    return out

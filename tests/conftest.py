@@ -1,0 +1,21 @@
+"""Shared test setup: offline hub, one torch thread, tiny-model factory."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama() -> tuple[torch.nn.Module, object]:
+    """A 3-layer random Llama with the project's BPE tokenizer (trained on data/)."""
+    from steerlimits.tiny import build_random_model
+
+    return build_random_model("llama", {"n_layers": 3, "d_model": 32, "n_heads": 4, "vocab_size": 300, "seed": 0})

@@ -1,0 +1,19 @@
+rule prepare_model:
+    """Verify the model source (sha256) and cache it as float32 safetensors under models/<model>/."""
+    output:
+        marker="models/{model}/steerlimits_model.json",
+        meta=f"{RESULTS}/models/{{model}}.json",
+    params:
+        entry=model_entry,
+    log:
+        f"{LOGS}/prepare_model/{{model}}.log",
+    benchmark:
+        f"{BENCH}/prepare_model/{{model}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=10,
+    threads: 2
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/prepare_model.py"

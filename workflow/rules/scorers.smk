@@ -1,0 +1,26 @@
+rule validate_scorers:
+    """Train the embedding heads (sentiment, formality) and validate every scorer on held-out data."""
+    input:
+        data=DATA_FILES,
+    output:
+        heads=directory(f"{RESULTS}/scorers/heads"),
+        table=report(
+            f"{RESULTS}/scorers/validation.csv",
+            caption="../report/scorer_validation.rst",
+            category="Scorers",
+        ),
+        meta=f"{RESULTS}/scorers/validation.csv.meta.json",
+    params:
+        scorers=lookup(dpath="scorers", within=config),
+    log:
+        f"{LOGS}/validate_scorers.log",
+    benchmark:
+        f"{BENCH}/validate_scorers.tsv"
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    threads: 2
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/validate_scorers.py"

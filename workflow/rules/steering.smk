@@ -1,0 +1,74 @@
+rule steer_generate:
+    """Steered generations over the dose-response coefficients (continuations kept apart from prompts)."""
+    input:
+        model=model_marker,
+        vectors=f"{RESULTS}/vectors/{{model}}/{{behaviour}}.safetensors",
+    output:
+        generations=f"{RESULTS}/steering/{{model}}/{{behaviour}}.jsonl",
+        meta=f"{RESULTS}/steering/{{model}}/{{behaviour}}.jsonl.meta.json",
+    params:
+        dose=lookup(dpath="steering/dose_response", within=config),
+    log:
+        f"{LOGS}/steer_generate/{{model}}/{{behaviour}}.log",
+    benchmark:
+        f"{BENCH}/steer_generate/{{model}}/{{behaviour}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    threads: 2
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/steer_generate.py"
+
+
+rule score_generations:
+    """Score continuations only, with the validated scorer configured for the behaviour."""
+    input:
+        generations=f"{RESULTS}/steering/{{model}}/{{behaviour}}.jsonl",
+        heads=f"{RESULTS}/scorers/heads",
+    output:
+        scores=f"{RESULTS}/steering/{{model}}/{{behaviour}}.scores.jsonl",
+        meta=f"{RESULTS}/steering/{{model}}/{{behaviour}}.scores.jsonl.meta.json",
+    params:
+        scorer=lookup(dpath="steering/dose_response/scorer", within=config),
+    log:
+        f"{LOGS}/score_generations/{{model}}/{{behaviour}}.log",
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    threads: 1
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/score_generations.py"
+
+
+rule dose_response:
+    """Mean trait score vs alpha per model and behaviour, bootstrap CIs, Spearman trend, figure."""
+    input:
+        scores=expand(
+            f"{RESULTS}/steering/{{model}}/{{behaviour}}.scores.jsonl",
+            model=MODELS,
+            behaviour=DOSE_BEHAVIOURS,
+        ),
+    output:
+        table=report(
+            f"{RESULTS}/steering/dose_response.csv",
+            caption="../report/dose_response.rst",
+            category="Steering",
+        ),
+        png=report(
+            f"{FIGURES}/dose_response.png",
+            caption="../report/dose_response.rst",
+            category="Steering",
+        ),
+        pdf=f"{FIGURES}/dose_response.pdf",
+    params:
+        dose=lookup(dpath="steering/dose_response", within=config),
+    log:
+        f"{LOGS}/dose_response.log",
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/dose_response.py"

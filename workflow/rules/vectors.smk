@@ -1,0 +1,22 @@
+rule extract_vectors:
+    """Contrastive vectors (difference of means, PCA of paired differences) at every block input."""
+    input:
+        model=model_marker,
+        data=DATA_FILES,
+    output:
+        vectors=f"{RESULTS}/vectors/{{model}}/{{behaviour}}.safetensors",
+        meta=f"{RESULTS}/vectors/{{model}}/{{behaviour}}.safetensors.meta.json",
+    params:
+        vectors=lookup(dpath="vectors", within=config),
+    log:
+        f"{LOGS}/extract_vectors/{{model}}/{{behaviour}}.log",
+    benchmark:
+        f"{BENCH}/extract_vectors/{{model}}/{{behaviour}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=20,
+    threads: 2
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/extract_vectors.py"
