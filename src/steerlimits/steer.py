@@ -59,11 +59,14 @@ def generate(model: Any, tok: Any, prompts: Sequence[Sequence[int]], cfg: Genera
     Parameters
     ----------
     prompts : token ids per prompt (unpadded).
-    vector : Float[Tensor, "d_model"] or None (no steering).
+    vector : Float[Tensor, "d_model"], Float[Tensor, "n_prompts d_model"] (one vector per prompt, so that
+        different conditions share batches), or None (no steering).
     positions : ``all`` or ``last_prompt_and_generated`` (decision D4).
     """
     if vector is not None and layer is None:
         raise ValueError("a steering vector needs a layer")
+    if vector is not None and vector.ndim == 2 and vector.shape[0] != len(prompts):
+        raise ValueError(f"{vector.shape[0]} per-prompt vectors for {len(prompts)} prompts")
     jobs = [(i, s) for s in range(n_samples) for i in range(len(prompts))]
     pid, out = pad_id(tok), []
     eos = tok.eos_token_id
@@ -84,7 +87,8 @@ def generate(model: Any, tok: Any, prompts: Sequence[Sequence[int]], cfg: Genera
             kwargs.update(temperature=None, top_p=None)
         if vector is not None and alpha != 0.0:
             assert layer is not None
-            with add_vector(model, layer, vector, alpha, positions=positions, prompt_length=ids.shape[1]):
+            rows = vector if vector.ndim == 1 else vector[torch.tensor([i for i, _ in batch])]
+            with add_vector(model, layer, rows, alpha, positions=positions, prompt_length=ids.shape[1]):
                 gen = model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         else:
             gen = model.generate(input_ids=ids, attention_mask=mask, **kwargs)

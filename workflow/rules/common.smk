@@ -48,8 +48,14 @@ def model_entry(wildcards):
     return config["models"][wildcards.model]
 
 
+# Paper rule files append their final outputs here and their claims tables to CLAIM_TABLES.
+PAPER_TARGETS = []
+CLAIM_TABLES = []
+
+
 def all_targets():
-    return [
+    claims = [f"{RESULTS}/claims.csv"] if CLAIM_TABLES else []
+    return PAPER_TARGETS + claims + [
         f"{RESULTS}/scorers/validation.csv",
         f"{RESULTS}/steering/dose_response.csv",
         f"{FIGURES}/dose_response.png",

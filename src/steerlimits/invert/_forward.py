@@ -1,20 +1,20 @@
 """Truncated, prefix-cached forward passes of blocks ``0 … m-1`` shared by the inversion methods.
 
-Sites follow :mod:`steerlimits.hooks`: ``measure_at = m`` is a ``hidden_states`` index, i.e. the output of block
-``m - 1``; the forward is stopped there by a temporary hook that raises :class:`_StopForward` (removed in a
-``finally``), so blocks ``m … L-1`` and the LM head never run.
+Sites follow :mod:`steerlimits.hooks`: ``measure_at = m`` is a ``hidden_states`` index, i.e. the output of
+block ``m - 1``; the forward is stopped there by a temporary hook that raises :class:`_StopForward` (removed
+in a ``finally``), so blocks ``m … L-1`` and the LM head never run.
 
 Shared-prefix attention
 -----------------------
-The sequential search scores a batch of ``B`` one-token continuations of the same prefix ``ŝ_<t``. Instead of a
-``DynamicCache`` per batch (whose ``update`` concatenates the prefix, copied ``B`` times), the prefix keys/values
-are kept once as :class:`PrefixKV` (``(n_kv_heads, T, head_dim)`` per block, never mutated: :meth:`extend` returns
-a new object) and the attention core of the model's own attention modules is swapped, only inside these calls,
-for :func:`_shared_prefix_attention`: scores of the ``B·G`` queries against the shared prefix are one GEMM per
-key/value head, plus each candidate's score against its own key. Projections, rotary embeddings, q/k norms,
-MLPs and norms stay the Hugging Face modules' own; the swap is a temporary change of
-``config._attn_implementation`` on the attention configs, restored in a ``finally``. Tests check the result
-against full uncached passes (:func:`steerlimits.invert.reference_sweep`).
+The sequential search scores a batch of ``B`` one-token continuations of the same prefix ``ŝ_<t``. Instead of
+a ``DynamicCache`` per batch (whose ``update`` concatenates the prefix, copied ``B`` times), the prefix
+keys/values are kept once as :class:`PrefixKV` (``(n_kv_heads, T, head_dim)`` per block, never mutated:
+:meth:`extend` returns a new object) and the attention core of the model's own attention modules is swapped,
+only inside these calls, for :func:`_shared_prefix_attention`: scores of the ``B·G`` queries against the
+shared prefix are one GEMM per key/value head, plus each candidate's score against its own key. Projections,
+rotary embeddings, q/k norms, MLPs and norms stay the Hugging Face modules' own; the swap is a temporary
+change of ``config._attn_implementation`` on the attention configs, restored in a ``finally``. Tests check the
+result against full uncached passes (:func:`steerlimits.invert.reference_sweep`).
 """
 
 from __future__ import annotations
@@ -50,9 +50,11 @@ class _StopForward(Exception):
 
 @dataclass(frozen=True)
 class PrefixKV:
-    """Keys/values of a prefix for blocks ``0 … m-1``: ``keys[l]``, ``values[l]`` are ``(n_kv_heads, T, head_dim)``.
+    """Keys/values of a prefix for blocks ``0 … m-1``: ``keys[l]``, ``values[l]`` are
+    ``(n_kv_heads, T, head_dim)``.
 
-    Immutable by convention: nothing writes into these tensors; :meth:`TruncatedLM.extend` builds a new object.
+    Immutable by convention: nothing writes into these tensors; :meth:`TruncatedLM.extend` builds a new
+    object.
     ``length = 0`` (the empty prefix) has empty tuples.
     """
 
@@ -82,10 +84,10 @@ def _shared_prefix_attention(
 ) -> tuple[Tensor, None]:
     """Attention of one new token per row over a shared prefix plus itself.
 
-    ``query (B, H, 1, hd)``, ``key``/``value (B, KV, 1, hd)`` (after rotary/q-k norms); returns ``(B, 1, H, hd)``
-    like the Hugging Face attention functions. Head ``h`` uses key/value head ``h // (H / KV)`` (``repeat_kv``).
-    Gemma-style sliding windows (a token sees the last ``sliding_window`` positions, itself included) and logit
-    soft-capping are honoured.
+    ``query (B, H, 1, hd)``, ``key``/``value (B, KV, 1, hd)`` (after rotary/q-k norms); returns
+    ``(B, 1, H, hd)`` like the Hugging Face attention functions. Head ``h`` uses key/value head
+    ``h // (H / KV)`` (``repeat_kv``). Gemma-style sliding windows (a token sees the last ``sliding_window``
+    positions, itself included) and logit soft-capping are honoured.
     """
     call: _Call | None = kwargs.pop(_CALL_KW, None)
     if call is None:  # not one of our calls: behave like sdpa
@@ -143,15 +145,15 @@ def embedding_matrix(model: nn.Module) -> Tensor:
 
 
 class TruncatedLM:
-    """Blocks ``0 … m-1`` of a causal LM: full passes, one-token prefix extensions and batched candidate scoring.
+    """Blocks ``0 … m-1`` of a causal LM: full passes, one-token prefix extensions, batched candidate scoring.
 
     Parameters
     ----------
     model
         A Hugging Face causal LM (its parameters and modules are never modified).
     measure_at
-        ``hidden_states`` index ``m``, ``1 <= m <= L - 1`` (``hidden_states[L]`` carries the final norm and is not
-        a block output, so it is rejected).
+        ``hidden_states`` index ``m``, ``1 <= m <= L - 1`` (``hidden_states[L]`` carries the final norm and is
+        not a block output, so it is rejected).
     """
 
     def __init__(self, model: nn.Module, measure_at: int, layers_path: str | None = None) -> None:
@@ -160,8 +162,9 @@ class TruncatedLM:
         n_blocks = len(self.blocks)
         if not 1 <= measure_at <= n_blocks - 1:
             raise ValueError(
-                f"measure_at={measure_at} must be a hidden_states index in 1 … {n_blocks - 1} (the output of block "
-                f"measure_at-1); hidden_states[{n_blocks}] has the final norm applied and is not a block output"
+                f"measure_at={measure_at} must be a hidden_states index in 1 … {n_blocks - 1} (the output "
+                f"of block measure_at-1); hidden_states[{n_blocks}] has the final norm applied and is not a "
+                "block output"
             )
         self.measure_at = measure_at
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])
@@ -172,7 +175,8 @@ class TruncatedLM:
             if hasattr(mod, "layer_idx") and hasattr(mod, "config")
         }
         if not self._attn_configs:
-            raise ValueError(f"no attention module with `layer_idx` and `config` in blocks 0 … {measure_at - 1}")
+            raise ValueError(
+                f"no attention module with `layer_idx` and `config` in blocks 0 … {measure_at - 1}")
 
     @property
     def device(self) -> torch.device:
@@ -182,7 +186,7 @@ class TruncatedLM:
     def dtype(self) -> torch.dtype:
         return self.model.get_input_embeddings().weight.dtype
 
-    # ------------------------------------------------------------------------------------------------ plumbing
+    # --------------------------------------------------------------------------------------------- plumbing
     def _run(self, **model_kwargs: Any) -> Tensor:
         def stop(module: nn.Module, args: Any, output: Any) -> None:
             raise _StopForward(hooks.unwrap(output))
@@ -209,7 +213,7 @@ class TruncatedLM:
 
     # ------------------------------------------------------------------------------------------------- public
     def full(self, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
-        """States ``hidden_states[m]`` ``(B, T, d)`` from one ordinary uncached pass (the model's own attention)."""
+        """States ``hidden_states[m]`` ``(B, T, d)``: one ordinary uncached pass (the model's attention)."""
         return self._run(input_ids=input_ids, inputs_embeds=inputs_embeds)
 
     def step(self, prefix: PrefixKV, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
@@ -227,8 +231,8 @@ class TruncatedLM:
         return out[:, 0], call
 
     def extend(self, prefix: PrefixKV, token_id: int) -> tuple[PrefixKV, Tensor]:
-        """Append one token: the new (never aliased) prefix and that token's state ``(d,)`` (cached incremental
-        path; the same code scores candidates in :meth:`score`)."""
+        """Append one token: the new (never aliased) prefix and that token's state ``(d,)`` (cached
+        incremental path; the same code scores candidates in :meth:`score`)."""
         ids = torch.tensor([token_id], dtype=torch.long, device=self.device)
         state, call = self.step(prefix, input_ids=ids, record=True)
         n = self.measure_at

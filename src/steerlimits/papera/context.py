@@ -1,0 +1,127 @@
+"""One model's paper-A setting: weights, prompt ids, vectors, sites and coefficients (spec A §3, D2/D4).
+
+Sites (D2): vector ``v`` is steered at the input of block ``l`` (``hidden_states[l]``) at **every** position (D4,
+``positions="all"``) and states are measured at its output, ``measure_at = m = l + 1`` (``hidden_states[l+1]``).
+Prompts are encoded once (:func:`steerlimits.prompting.encode`: the tokenizer's chat template, or a plain text
+frame for a base model) and never decoded and re-encoded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from steerlimits import data as D
+from steerlimits import hooks
+from steerlimits.config import layer_for, model_specs, prompt_format
+from steerlimits.models import ModelSpec, load_model
+from steerlimits.prompting import encode
+
+__all__ = ["ModelContext", "common_prefix_len", "load_context", "prompt_format_for", "sites"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelContext:
+    """Everything an experiment needs about one model; ``vectors[b]`` is the raw ``(d,)`` vector of ``b``."""
+
+    key: str
+    model: nn.Module
+    tok: Any
+    spec: ModelSpec
+    config: Mapping[str, Any]
+    layer: dict[str, int]
+    alpha: dict[str, float]
+    fmt: dict[str, str]
+    vectors: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def pa(self) -> Mapping[str, Any]:
+        return self.config["paperA"]
+
+    @property
+    def refusal_trained(self) -> bool:
+        return bool(self.spec.refusal_trained)
+
+    def measure_at(self, vector: str) -> int:
+        return self.layer[vector] + 1
+
+    def prompt_ids(self, vector: str, n: int | None = None) -> list[list[int]]:
+        """Token ids of the first ``n`` held-out test prompts of ``vector`` (all when ``n`` is None)."""
+        prompts = D.test_prompts(vector, self.config.get("data_dir"))
+        return [encode(self.tok, p, self.fmt[vector]) for p in prompts[:n]]  # type: ignore[arg-type]
+
+    def encode(self, vector: str, user: str) -> list[int]:
+        return encode(self.tok, D.Prompt(user), self.fmt[vector])  # type: ignore[arg-type]
+
+    @contextmanager
+    def steering(self, vector: str, alpha: float | None = None) -> Iterator[None]:
+        """``alpha · v`` (default the configured α) added at the input of block ``l`` at every position."""
+        a = self.alpha[vector] if alpha is None else alpha
+        with hooks.add_vector(self.model, self.layer[vector], self.vectors[vector], a, positions="all",
+                              layers_path=self.spec.layers_path):
+            yield
+
+    def site_record(self, vector: str) -> dict[str, Any]:
+        l = self.layer[vector]
+        return {"inject_at": f"hidden_states[{l}] (input of block {l})",
+                "measure_at": f"hidden_states[{l + 1}] (output of block {l})", "positions": "all",
+                "layer": l, "alpha": self.alpha[vector], "prompt_format": self.fmt[vector],
+                "vector_norm": float(self.vectors[vector].norm()) if vector in self.vectors else None}
+
+
+def prompt_format_for(config: Mapping[str, Any], vector: str, spec: ModelSpec) -> str:
+    """The vector's extraction format: the chat template once, or a plain frame on a model without one."""
+    fmt = prompt_format(config, vector, spec)
+    return "frame" if fmt == "raw" and config["vectors"]["format"].get(vector) == "chat" else fmt
+
+
+def sites(config: Mapping[str, Any], model: str, vector: str) -> tuple[int, float]:
+    """``(l, α)`` for ``model`` × ``vector``: per-model overrides in ``paperA.layers`` / ``paperA.alpha_overrides``,
+    else the global steering layer (``middle`` = L // 2) and ``paperA.alpha[vector]``."""
+    pa = config["paperA"]
+    layer = pa.get("layers", {}).get(model, {}).get(vector)
+    alpha = pa.get("alpha_overrides", {}).get(model, {}).get(vector, pa["alpha"][vector])
+    return (layer_for(config, model) if layer is None else int(layer)), float(alpha)
+
+
+def load_context(config: Mapping[str, Any], model: str, vector_paths: Mapping[str, str | Path],
+                 load: bool = True) -> ModelContext:
+    """Load ``model`` (float32, eval) and the ``paperA.method`` row ``l`` of each vector file."""
+    from safetensors.torch import load_file
+
+    spec = model_specs(config)[model]
+    mdl, tok = load_model(model, spec) if load else (None, None)
+    layer, alpha, fmt, vecs = {}, {}, {}, {}
+    for vector, path in vector_paths.items():
+        layer[vector], alpha[vector] = sites(config, model, vector)
+        fmt[vector] = prompt_format_for(config, vector, spec)
+        table = load_file(str(path))[config["paperA"]["method"]]
+        if not 0 <= layer[vector] < table.shape[0] - 1:
+            raise ValueError(f"paperA: layer {layer[vector]} of {model}/{vector} leaves no block output to "
+                             f"measure (the model has {table.shape[0]} blocks)")
+        vecs[vector] = table[layer[vector]].float()
+    return ModelContext(key=model, model=mdl, tok=tok, spec=spec, config=config, layer=layer, alpha=alpha,
+                        fmt=fmt, vectors=vecs)
+
+
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of ``seqs`` (the shared template header), capped so that every
+    sequence keeps at least one position of its own."""
+    if not seqs:
+        return 0
+    if len(seqs) == 1:
+        return min(1, len(seqs[0]))
+    n = min(len(s) for s in seqs) - 1
+    k = 0
+    while k < n and all(s[k] == seqs[0][k] for s in seqs):
+        k += 1
+    return k

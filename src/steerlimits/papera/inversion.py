@@ -1,0 +1,192 @@
+"""E1/E2: sequential inversion of natural and steered states, with certificates (spec A §4 E1, E2; D3, D5).
+
+Per condition (natural, or ``α · v`` at the input of block ``l`` at every position) and prompt set:
+
+* targets ``h^m(x)`` / ``h̃^m(x)`` come from the engine's cached incremental path (one target path); the noise
+  floor is ``‖full pass − incremental pass‖`` on the prompt itself, ``τ_exact = 10 · max_{t≥1} floor_t`` and, for
+  the attention sink, ``τ_0 = 10 · floor_0`` (position 0 is reported apart, style §5.6);
+* the template header shared by every prompt of the set (longest common prefix) has the same targets for all of
+  them (causality), so it is inverted once and its recovered ids are the prefix of every prompt's own search;
+* natural targets: ``mode="exhaustive"`` with early exit in :class:`~steerlimits.papera.ranking.DecoderRank`
+  order (exact; all of 𝒱 is swept if ever needed); steered targets: ``mode="ranked"`` with ``n_candidates``
+  verified candidates per position, the first being the natural inversion's token at that position (warm
+  start: the minimum found is never worse than the prompt's own token, as in an exhaustive sweep);
+* certification: ``certify_prompt`` gets a bf16-screened exhaustive sweep at every position (and so does the
+  header, for every prompt of the set); ``audit`` re-sweeps chosen positions exhaustively given the ranked
+  prefix and keeps the ranked result beside the certificate.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor, nn
+
+from steerlimits.invert import InversionConfig, PositionResult, TruncatedLM, invert, target_states
+from steerlimits.papera.context import common_prefix_len
+from steerlimits.papera.ranking import DecoderRank
+
+__all__ = ["Audit", "PromptRun", "SearchSetup", "invert_condition", "natural_states"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchSetup:
+    """Shared search settings of one model × vector (``measure_at = inject_layer + 1``)."""
+
+    measure_at: int
+    inject_layer: int
+    rank: DecoderRank
+    n_candidates: int = 128
+    batch_size: int = 1024
+    top_k: int = 10
+    screen_safety: float = 2.0
+    seed: int = 0
+    layers_path: str | None = None
+
+    def config(self, kind: str, tau: float) -> InversionConfig:
+        common = dict(measure_at=self.measure_at, batch_size=self.batch_size, top_k=self.top_k, tau_exact=tau,
+                      seed=self.seed, layers_path=self.layers_path, screen_safety=self.screen_safety)
+        if kind == "natural":
+            return InversionConfig(mode="exhaustive", early_exit=True, **common)
+        if kind == "certify":
+            return InversionConfig(mode="exhaustive", early_exit=False, screen_dtype="bfloat16", **common)
+        return InversionConfig(mode="ranked", n_candidates=self.n_candidates, early_exit=False, **common)
+
+
+@dataclass
+class Audit:
+    """An exhaustive re-sweep of one position given the ranked prefix, beside the ranked result."""
+
+    certificate: PositionResult
+    ranked_token: int
+    ranked_dist: float
+
+
+@dataclass
+class PromptRun:
+    """One prompt under one condition: recovered ids with a :class:`PositionResult` per absolute position."""
+
+    prompt_index: int
+    alpha: float
+    ids: list[int]
+    recovered: list[int]
+    positions: list[PositionResult]
+    floor: list[float]
+    tau: float
+    tau0: float
+    delta_h: list[float]
+    header_len: int
+    audits: list[Audit] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def exact_match(self) -> bool:
+        return self.recovered == self.ids
+
+
+@torch.no_grad()
+def natural_states(model: nn.Module, ids: Sequence[int], measure_at: int,
+                   layers_path: str | None = None) -> tuple[Tensor, Tensor]:
+    """``(states (T, d), floor (T,))``: incremental-path natural states and ``‖full − incremental‖``."""
+    tl = TruncatedLM(model, measure_at, layers_path)
+    x = torch.as_tensor(list(ids), dtype=torch.long)
+    incremental = tl.prefix_of(x)[1]
+    full = tl.full(input_ids=x[None])[0]
+    return incremental, torch.linalg.vector_norm(full - incremental, dim=-1)
+
+
+def _shift(results: Sequence[PositionResult], offset: int) -> list[PositionResult]:
+    return [replace(p, position=p.position + offset) for p in results]
+
+
+def invert_condition(model: nn.Module, prompts: Sequence[Sequence[int]], setup: SearchSetup, *,
+                     vector: Tensor | None = None, alpha: float = 0.0,
+                     natural: Mapping[int, tuple[Tensor, Tensor]] | None = None,
+                     warm: Mapping[int, Sequence[int]] | None = None,
+                     certify_prompt: int | None = None, audit: Mapping[int, Sequence[int]] | None = None,
+                     progress: bool = False) -> list[PromptRun]:
+    """Invert every prompt of ``prompts`` under one condition (natural when ``alpha == 0``).
+
+    Parameters
+    ----------
+    natural
+        ``prompt index -> (natural states (T, d), floor (T,))`` (from :func:`natural_states`); computed when
+        missing. The floor and τ of a prompt are those of its natural pass in every condition.
+    warm
+        ``prompt index -> tokens (T,)`` tried first at each position of a steered search (the natural
+        inversion's recovered ids); ignored for natural targets.
+    certify_prompt
+        Index of the prompt whose every position (and the shared header) is swept exhaustively (bf16 screen,
+        float32 re-verification); ``None``: none.
+    audit
+        ``prompt index -> positions`` re-swept exhaustively after the search (``t ≥ 1``).
+    """
+    kind = "natural" if (vector is None or alpha == 0.0) else "steered"
+    m, lp = setup.measure_at, setup.layers_path
+    natural = dict(natural or {})
+    for i, ids in enumerate(prompts):
+        if i not in natural:
+            natural[i] = natural_states(model, ids, m, lp)
+    targets = [natural[i][0] if kind == "natural" else
+               target_states(model, torch.as_tensor(list(ids)), m, vector=vector, alpha=alpha,
+                             inject_layer=setup.inject_layer, layers_path=lp)
+               for i, ids in enumerate(prompts)]
+    floors = [natural[i][1] for i in range(len(prompts))]
+    taus = [10.0 * float(f[1:].max()) if f.numel() > 1 else 10.0 * float(f[0]) for f in floors]
+
+    def rank_for(i: int) -> DecoderRank:
+        if kind == "natural" or warm is None:
+            return setup.rank
+        return setup.rank.with_warm({t: [int(tok)] for t, tok in enumerate(warm[i])})
+
+    header = common_prefix_len(prompts)
+    start = time.perf_counter()
+    shared: list[PositionResult] = []
+    prefix: list[int] = []
+    hdr_kind = "certify" if certify_prompt is not None else kind
+    for lo, hi in ((0, min(header, 1)), (1, header)):  # the sink alone (its own, larger floor), then the rest
+        if hi <= lo:
+            continue
+        hdr_floor = floors[0][lo:hi]
+        hdr = invert(model, targets[0][lo:hi], setup.config(hdr_kind, 10.0 * float(hdr_floor.max())),
+                     prefix_ids=torch.tensor(prefix, dtype=torch.long), floor=hdr_floor, rank_fn=rank_for(0),
+                     progress=progress and hdr_kind == "certify")
+        prefix += hdr.ids
+        shared += _shift(hdr.positions, lo)
+    shared_s = time.perf_counter() - start
+    runs = []
+    for i, ids in enumerate(prompts):
+        start = time.perf_counter()
+        own_kind = "certify" if i == certify_prompt else kind
+        res = invert(model, targets[i][header:], setup.config(own_kind, taus[i]),
+                     prefix_ids=torch.tensor(prefix, dtype=torch.long),
+                     floor=floors[i][header:], rank_fn=rank_for(i), progress=progress and own_kind == "certify")
+        positions = shared + _shift(res.positions, header)
+        tau_i, tau0_i = taus[i], 10.0 * float(floors[i][0])
+        positions = [replace(p, exact=p.topk_dist[0] <= (tau0_i if p.position == 0 else tau_i)) for p in positions]
+        delta = torch.linalg.vector_norm(targets[i] - natural[i][0], dim=-1)
+        run = PromptRun(prompt_index=i, alpha=alpha if kind == "steered" else 0.0, ids=list(ids),
+                        recovered=[p.chosen_token for p in positions], positions=positions,
+                        floor=floors[i].tolist(), tau=tau_i, tau0=tau0_i, delta_h=delta.tolist(),
+                        header_len=header, wall_s=time.perf_counter() - start + shared_s / len(prompts))
+        for t in (audit or {}).get(i, []):
+            if not 1 <= t < len(ids):
+                raise ValueError(f"audit position {t} outside 1 … {len(ids) - 1}")
+            cert = invert(model, targets[i][t:t + 1], setup.config("certify", tau_i),
+                          prefix_ids=torch.tensor(run.recovered[:t], dtype=torch.long), floor=floors[i][t:t + 1],
+                          rank_fn=setup.rank, progress=progress)
+            ranked = positions[t]
+            run.audits.append(Audit(certificate=_shift(cert.positions, t)[0], ranked_token=ranked.chosen_token,
+                                    ranked_dist=ranked.topk_dist[0]))
+        logger.info("%s alpha=%g prompt %d: %d/%d tokens recovered, exact match %s, median top-1 (t>=1) %.4g "
+                    "(tau %.3g), %.1f s", kind, alpha, i, sum(a == b for a, b in zip(run.recovered, run.ids)),
+                    len(ids), run.exact_match, float(torch.tensor([p.topk_dist[0] for p in positions[1:]]).median()),
+                    tau_i, run.wall_s)
+        runs.append(run)
+    return runs

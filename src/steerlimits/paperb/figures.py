@@ -1,0 +1,272 @@
+"""Figures B-F1 … B-F8 (spec B §5) from the paper-B tables; the project's one style (:mod:`steerlimits.plotting`).
+
+Each function takes tables and returns a matplotlib figure; :func:`all_figures` returns ``{figure id: figure}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from steerlimits.paperb import FIGURE_FILES
+from steerlimits.plotting import colour_for, set_style
+
+__all__ = ["FIGURES", "all_figures", "f1_orthogonal", "f2_environments", "f3_logits", "f4_alpha", "f5_pca",
+           "f6_spanning", "f7_spectra", "f8_efficacy"]
+
+V_BLUE, VU_ORANGE = "#0066FF", "#FF9900"
+FAMILIES = ["null_jac", "null_cov", "random_orth", "active"]
+FIGURES = FIGURE_FILES
+
+
+def _yerr(est: Any, lo: Any, hi: Any) -> np.ndarray:
+    """Asymmetric error bars (2, n) from an interval; 0 where missing or where a bootstrap interval excludes the
+    estimate (possible for ratios)."""
+    e, lo, hi = (np.asarray(x, float) for x in (est, lo, hi))
+    return np.clip(np.nan_to_num(np.vstack([e - lo, hi - e])), 0.0, None)
+
+
+def _models(t: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(t["model"]))
+
+
+def _traits(t: pd.DataFrame) -> list[str]:
+    return list(dict.fromkeys(t["trait"]))
+
+
+def _legend_below(fig: plt.Figure, ax: Any, ncol: int = 4) -> None:
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, frameon=False, bbox_to_anchor=(0.5, -0.02))
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+
+
+def f1_orthogonal(t1: pd.DataFrame) -> plt.Figure:
+    """Grouped bars: d(v + u, v) for random_orth pooled over seeds, per trait (x) and model (bars), 95 % CI."""
+    rows = t1[t1["condition"] == "v+u[random_orth]"]
+    models, traits = _models(t1), _traits(t1)
+    fig, ax = plt.subplots(figsize=(3.3, 2.8))
+    width = min(0.35, 0.8 / max(len(models), 1))
+    x = np.arange(len(traits))
+    for i, m in enumerate(models):
+        r = rows[rows["model"] == m].set_index("trait").reindex(traits)
+        d = r["cohens_d"].to_numpy(float)
+        err = _yerr(d, r["d_ci_low"], r["d_ci_high"])
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, d, width, yerr=err, capsize=2, color=colour_for(m), label=m)
+    ax.axhspan(-0.2, 0.2, color="0.85", zorder=0, label="|d| < 0.2")
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xticks(x, traits)
+    ax.set_ylabel("Cohen's d (v + u vs v)")
+    ax.set_title("Orthogonal perturbation (random_orth)", fontsize=8)
+    _legend_below(fig, ax, ncol=2)
+    return fig
+
+
+def f2_environments(t3: pd.DataFrame) -> plt.Figure:
+    """One heatmap per model: rows traits, columns environments, cell = mean over seeds of |d(v + u_s, v)|."""
+    seeds = t3[t3["condition"].str.startswith("v+u[") & (t3["seed"] != "pooled")].copy()
+    seeds["abs_d"] = seeds["cohens_d"].abs()
+    models = _models(t3)
+    envs = ["in_distribution", "topic_shift", "genre_shift"]
+    envs = [e for e in envs if e in set(seeds["environment"])] or list(dict.fromkeys(seeds["environment"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(3.0 * len(models) + 0.8, 2.4), squeeze=False)
+    im = None
+    for ax, m in zip(axes[0], models, strict=True):
+        grid = seeds[seeds["model"] == m].pivot_table(index="trait", columns="environment", values="abs_d",
+                                                      aggfunc="mean").reindex(columns=envs)
+        im = ax.imshow(grid.to_numpy(float), cmap="RdYlGn_r", vmin=0.1, vmax=0.7, aspect="auto")
+        for (i, j), val in np.ndenumerate(grid.to_numpy(float)):
+            ax.text(j, i, "–" if np.isnan(val) else f"{val:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(envs)), [e.replace("_", " ").capitalize() for e in envs], rotation=20, fontsize=6)
+        ax.set_yticks(range(len(grid.index)), grid.index)
+        ax.set_title(m, fontsize=8)
+        ax.grid(False)
+    if im is not None:
+        fig.colorbar(im, ax=axes[0].tolist(), label="Effect size |d| (mean over seeds)", shrink=0.9)
+    return fig
+
+
+def f3_logits(t4: pd.DataFrame) -> plt.Figure:
+    """Panel per model; per trait bars of mean L2 logit distance: baseline, orthogonal, null_jac, random."""
+    models, traits = _models(t4), _traits(t4)
+    bars = [("baseline: v vs 0", "baseline ||z(v)-z(0)||", 0.9, ""), ("v+u[random_orth]", "orthogonal", 0.6, ""),
+            ("v+u[null_jac]", "null_jac", 0.45, ".."), ("v+r[random]", "random (norm-matched)", 0.3, "//")]
+    fig, axes = plt.subplots(1, len(models), figsize=(2.6 * len(models) + 0.6, 2.8), squeeze=False)
+    for ax, m in zip(axes[0], models, strict=True):
+        x = np.arange(len(traits))
+        for i, (cond, label, alpha, hatch) in enumerate(bars):
+            r = t4[(t4["model"] == m) & (t4["condition"] == cond)].set_index("trait").reindex(traits)
+            ax.bar(x + (i - 1.5) * 0.2, r["l2_mean"].to_numpy(float), 0.2, yerr=np.nan_to_num(r["l2_std"].to_numpy(float)),
+                   capsize=1.5, color=colour_for(m), alpha=alpha, hatch=hatch, edgecolor="k", lw=0.3, label=label)
+        ax.set_xticks(x, traits)
+        ax.set_title(m, fontsize=8)
+    axes[0][0].set_ylabel("L2 logit distance")
+    _legend_below(fig, axes[0][0])
+    return fig
+
+
+def f4_alpha(t2: pd.DataFrame) -> plt.Figure:
+    """Grid models × traits: mean score vs α for v (blue circles, 95 % CI) and v + u (orange squares, ±1 std over
+    seeds of the per-seed means)."""
+    models, traits = _models(t2), _traits(t2)
+    fig, axes = plt.subplots(len(models), len(traits), figsize=(2.4 * len(traits) + 0.4, 2.0 * len(models) + 0.5),
+                             squeeze=False, sharex=True)
+    for r, m in enumerate(models):
+        for c, tr in enumerate(traits):
+            ax, g = axes[r][c], t2[(t2["model"] == m) & (t2["trait"] == tr)]
+            v = g[g["condition"].isin(["alpha0", "v"])].sort_values("alpha")
+            sd = v["std"].to_numpy(float) / np.sqrt(v["n"].to_numpy(float))
+            ax.plot(v["alpha"], v["mean"], "o-", color=V_BLUE, ms=3, label="v")
+            ax.fill_between(v["alpha"], v["mean"] - 1.96 * sd, v["mean"] + 1.96 * sd, color=V_BLUE, alpha=0.15, lw=0)
+            per_seed = g[g["condition"].str.startswith("v+u[") & (g["seed"] != "pooled")]
+            agg = per_seed.groupby("alpha")["mean"].agg(["mean", "std"]).reset_index()
+            zero = g[g["condition"] == "alpha0"]
+            if len(zero):
+                agg = pd.concat([pd.DataFrame({"alpha": [0.0], "mean": [float(zero["mean"].iloc[0])], "std": [0.0]}),
+                                 agg]).sort_values("alpha")
+            ax.plot(agg["alpha"], agg["mean"], "s--", color=VU_ORANGE, ms=3, label="v + u (mean of seed means ± 1 sd)")
+            ax.fill_between(agg["alpha"], agg["mean"] - agg["std"].fillna(0), agg["mean"] + agg["std"].fillna(0),
+                            color=VU_ORANGE, alpha=0.2, lw=0)
+            ax.set_title(f"{m} · {tr}", fontsize=7)
+            if r == len(models) - 1:
+                ax.set_xlabel("α")
+            if c == 0:
+                ax.set_ylabel("mean score")
+    _legend_below(fig, axes[0][0], ncol=2)
+    return fig
+
+
+def f5_pca(t5: pd.DataFrame) -> plt.Figure:
+    """Scatter per (model, trait): x = cos(v₁, v₂), y = signed d(v₂, v₁); ±0.2 band, dashed 'No effect' at 0."""
+    rows = t5[t5["condition"] == "v2_pca"]
+    fig, ax = plt.subplots(figsize=(3.3, 2.8))
+    markers = ["o", "s", "^", "D", "v", "P"]
+    ax.axhspan(-0.2, 0.2, color="0.88", zorder=0, label="|d| < 0.2")
+    ax.axhline(0, color="k", ls="--", lw=0.8, label="No effect")
+    for i, m in enumerate(_models(rows)):
+        r = rows[rows["model"] == m]
+        ax.errorbar(r["cos_v1_v2"], r["cohens_d"], yerr=_yerr(r["cohens_d"], r["d_ci_low"], r["d_ci_high"]),
+                    fmt=markers[i % len(markers)], color=colour_for(m), ms=4, capsize=2, label=m)
+        for _, row in r.iterrows():
+            ax.annotate(str(row["trait"])[:4], (row["cos_v1_v2"], row["cohens_d"]), fontsize=5, xytext=(3, 3),
+                        textcoords="offset points")
+    ax.set_xlabel("cos(mean difference, PC1)")
+    ax.set_ylabel("Cohen's d (PCA vs mean diff.)")
+    _legend_below(fig, ax, ncol=2)
+    return fig
+
+
+def f6_spanning(t6: pd.DataFrame) -> plt.Figure:
+    """Left: |d(v + u_i, v)| per orthonormal u_i (strip, model offset ±0.12, mean and IQR); right: |d| vs k."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(7.2, 2.8))
+    a = t6[(t6["part"] == "a") & (t6["direction"] >= 0) & (t6["reference"] == "v")
+           & t6["condition"].str.startswith("v+u_")]
+    traits, models = _traits(t6), _models(t6)
+    rng = np.random.default_rng(0)
+    offs = np.linspace(-0.12, 0.12, len(models)) if len(models) > 1 else [0.0]
+    for j, m in enumerate(models):
+        for i, tr in enumerate(traits):
+            for fam, mk in (("null_jac", "o"), ("random_orth", "x")):
+                d = a[(a["model"] == m) & (a["trait"] == tr) & (a["family"] == fam)]["cohens_d"].abs().to_numpy(float)
+                if d.size == 0:
+                    continue
+                x = i + offs[j] + (0.04 if fam == "random_orth" else -0.04)
+                ax.scatter(x + rng.uniform(-0.025, 0.025, d.size), d, s=6, marker=mk, color=colour_for(m), alpha=0.7,
+                           label=f"{m} ({fam})" if i == 0 else None)
+                q1, q3 = np.percentile(d, [25, 75])
+                ax.plot([x, x], [q1, q3], color="0.5", lw=3, alpha=0.6)
+                ax.plot([x - 0.03, x + 0.03], [d.mean()] * 2, color="k", lw=1.2)
+    ax.axhline(0.2, color="red", ls="--", lw=0.8)
+    ax.set_xticks(range(len(traits)), traits)
+    ax.set_xlim(-0.5, len(traits) - 0.5)
+    ax.set_ylim(-0.05, 1)
+    ax.set_ylabel("|d(v + u_i, v)|")
+    ax.legend(fontsize=5, loc="upper right")
+    b = t6[(t6["part"] == "b") & (t6["draw"] == -1)]
+    for (m, tr, fam), g in b.groupby(["model", "trait", "family"], sort=False):
+        g = g.sort_values("k")
+        bx.errorbar(g["k"], g["cohens_d"], yerr=_yerr(g["cohens_d"], g["d_ci_low"], g["d_ci_high"]),
+                    fmt="o-" if tr == traits[0] else "s--", color=colour_for(str(m)), ms=3, capsize=2,
+                    label=f"{m} · {tr} ({fam})")
+    for y in (-0.2, 0.2):
+        bx.axhline(y, color="red", ls="--", lw=0.8)
+    bx.set_xscale("log")
+    bx.set_xlabel("k (directions combined)")
+    bx.set_ylabel("d(v + Σ c_j u_j, v), 95 % CI")
+    bx.legend(fontsize=5)
+    fig.tight_layout()
+    return fig
+
+
+def f7_spectra(spectra: Mapping[str, Mapping[str, Mapping[int, np.ndarray]]], labels: Mapping[str, Mapping[int, str]],
+               thresholds: Mapping[str, list[float]]) -> plt.Figure:
+    """Per model: 3-D surfaces (s/s_max, index 0–99, layer) for both estimators, then 1×3 semilog spectra."""
+    models = list(spectra)
+    fig = plt.figure(figsize=(14, 2.9 * len(models)))
+    for r, m in enumerate(models):
+        for c, method in enumerate(("covariance", "jacobian")):
+            ax = fig.add_subplot(len(models), 5, 5 * r + c + 1, projection="3d")
+            layers = sorted(spectra[m][method])
+            z = np.array([np.log10(np.maximum(spectra[m][method][lay][:100] / spectra[m][method][lay][0], 1e-12))
+                          for lay in layers])
+            xx, yy = np.meshgrid(np.arange(z.shape[1]), np.arange(len(layers)))
+            ax.plot_surface(xx, yy, z, cmap="viridis", alpha=0.85, lw=0)
+            ax.plot_wireframe(xx, yy, z, color="0.5", lw=0.2, rstride=1, cstride=5)
+            ax.scatter(xx[:, ::5], yy[:, ::5], z[:, ::5], s=2, color="k")
+            ax.set_yticks(range(len(layers)), [labels[m].get(lay, str(lay)) for lay in layers], fontsize=5)
+            ax.set_xlabel("index", fontsize=6)
+            ax.set_zlabel("log10 s/s_max", fontsize=6)
+            ax.set_title(f"{m}: {method}", fontsize=7)
+        layers = sorted(spectra[m]["covariance"])[:3] if len(spectra[m]["covariance"]) <= 3 else \
+            [lay for lay in sorted(spectra[m]["covariance"]) if labels[m].get(lay) in ("L/4", "L/2", "3L/4")]
+        for c, lay in enumerate(layers[:3]):
+            ax = fig.add_subplot(len(models), 5, 5 * r + 3 + c)
+            for method, colour in (("covariance", "#4C72B0"), ("jacobian", "#C44E52")):
+                s = spectra[m][method].get(lay)
+                if s is not None:
+                    ax.semilogy(s / s[0], color=colour, lw=1, label=method)
+                for t in thresholds[method]:
+                    ax.axhline(t, color=colour, ls=":", lw=0.6)
+            s0 = spectra[m].get("covariance_with_pos0", {}).get(lay)
+            if s0 is not None:
+                ax.semilogy(s0 / s0[0], color="0.5", lw=0.8, ls="--", label="covariance incl. pos 0")
+            ax.set_title(f"{m}: layer {lay} ({labels[m].get(lay, '')})", fontsize=7)
+            ax.set_xlabel("index")
+            ax.legend(fontsize=5)
+    fig.tight_layout()
+    return fig
+
+
+def f8_efficacy(t1: pd.DataFrame) -> plt.Figure:
+    """Efficacy of v + u per family (pooled over seeds) with bootstrap 95 % CIs, per model × trait; line at 0.95."""
+    rows = t1[t1["seed"] == "pooled"]
+    models, traits = _models(t1), _traits(t1)
+    fig, axes = plt.subplots(len(models), len(traits), figsize=(2.4 * len(traits) + 0.4, 1.9 * len(models) + 0.4),
+                             squeeze=False, sharey=True)
+    for r, m in enumerate(models):
+        for c, tr in enumerate(traits):
+            ax = axes[r][c]
+            g = rows[(rows["model"] == m) & (rows["trait"] == tr)].set_index("family").reindex(FAMILIES)
+            e = g["efficacy"].to_numpy(float)
+            err = _yerr(e, g["eff_ci_low"], g["eff_ci_high"])
+            ax.errorbar(range(len(FAMILIES)), e, yerr=err, fmt="o", color=colour_for(m), capsize=2)
+            ax.axhline(0.95, color="red", ls="--", lw=0.8)
+            ax.axhline(1.0, color="0.6", lw=0.5)
+            ax.set_xticks(range(len(FAMILIES)), FAMILIES, rotation=25, fontsize=6)
+            ax.set_title(f"{m} · {tr}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel("efficacy")
+    fig.tight_layout()
+    return fig
+
+
+def all_figures(tables: Mapping[str, pd.DataFrame], spectra: Mapping[str, Any], labels: Mapping[str, Any],
+                thresholds: Mapping[str, list[float]]) -> dict[str, plt.Figure]:
+    set_style()
+    return {"B-F1": f1_orthogonal(tables["t1"]), "B-F2": f2_environments(tables["t3"]), "B-F3": f3_logits(tables["t4"]),
+            "B-F4": f4_alpha(tables["t2"]), "B-F5": f5_pca(tables["t5"]), "B-F6": f6_spanning(tables["t6"]),
+            "B-F7": f7_spectra(spectra, labels, thresholds), "B-F8": f8_efficacy(tables["t1"])}
+

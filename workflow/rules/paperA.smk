@@ -1,0 +1,1 @@
+# Paper A (non-surjectivity) rules: enabled by `paperA: {enabled: true}` in the config (issue 3).
