@@ -10,6 +10,7 @@ validate(config["paperB"], "../schemas/paperB.schema.yaml")
 PB = config["paperB"]
 PB_DIR = f"{RESULTS}/paperB"
 PB_TRAITS = PB["traits"]
+PB_MODELS = PB["models"] or MODELS
 PB_TRAIT_RE = "|".join(map(re.escape, PB_TRAITS))
 PB_TABLES = {key: f"{PB_DIR}/{name}" for key, (name, _) in TABLE_FILES.items()}
 PB_FIGURES = {  # output name "F1_png" <-> figure B-F1
@@ -22,12 +23,15 @@ if PB["enabled"]:
     _missing = [t for t in PB_TRAITS if t not in BEHAVIOURS]
     if _missing:
         raise WorkflowError(f"paperB.traits {_missing} have no vectors: add them to vectors.behaviours")
+    _unknown = [m for m in PB_MODELS if m not in MODELS]
+    if _unknown:
+        raise WorkflowError(f"paperB.models {_unknown} are not in the config's models {MODELS}")
     PAPER_TARGETS.extend(list(PB_TABLES.values()) + list(PB_FIGURES.values()))
     CLAIM_TABLES.append(f"{PB_DIR}/claims.csv")
-PB_POOLS = [(m, t) for m in MODELS for t in PB_TRAITS]  # one generation pool per model x trait
+PB_POOLS = [(m, t) for m in PB_MODELS for t in PB_TRAITS]  # one generation pool per model x trait
 PB_GENERATIONS = [f"{PB_DIR}/generations/{m}/{t}.jsonl" for m, t in PB_POOLS]
 PB_SCORES = [f"{PB_DIR}/generations/{m}/{t}.scores.jsonl" for m, t in PB_POOLS]
-PB_LOGITS = expand(f"{PB_DIR}/logits/{{model}}.csv", model=MODELS)
+PB_LOGITS = expand(f"{PB_DIR}/logits/{{model}}.csv", model=PB_MODELS)
 PB_REPORT = {  # report() arguments per caption file
     key: dict(caption=f"../report/paperB_{key}.rst", category="Paper B")
     for key in ("tables", "nullspace", "claims", "figures")
@@ -135,7 +139,7 @@ rule paperB_tables:
     input:
         scores=PB_SCORES,
         logits=PB_LOGITS,
-        nullspace=expand(f"{PB_DIR}/nullspace/{{model}}.csv", model=MODELS),
+        nullspace=expand(f"{PB_DIR}/nullspace/{{model}}.csv", model=PB_MODELS),
     output:
         t1=report(PB_TABLES["t1"], **PB_REPORT["tables"]),
         t2=PB_TABLES["t2"],
@@ -172,7 +176,7 @@ rule paperB_figures:
     """Figures B-F1..B-F8 (PNG + PDF)."""
     input:
         **PB_TABLES,
-        bases=expand(f"{PB_DIR}/nullspace/{{model}}.safetensors", model=MODELS),
+        bases=expand(f"{PB_DIR}/nullspace/{{model}}.safetensors", model=PB_MODELS),
     output:
         **{
             key: (

@@ -119,7 +119,7 @@ def f4_alpha(t2: pd.DataFrame) -> plt.Figure:
             ax, g = axes[r][c], t2[(t2["model"] == m) & (t2["trait"] == tr)]
             v = g[g["condition"].isin(["alpha0", "v"])].sort_values("alpha")
             sd = v["std"].to_numpy(float) / np.sqrt(v["n"].to_numpy(float))
-            ax.plot(v["alpha"], v["mean"], "o-", color=V_BLUE, ms=3, label="v")
+            ax.plot(v["alpha"], v["mean"], "o-", color=V_BLUE, ms=3, label="αv (95 % CI)")
             ax.fill_between(v["alpha"], v["mean"] - 1.96 * sd, v["mean"] + 1.96 * sd, color=V_BLUE, alpha=0.15, lw=0)
             per_seed = g[g["condition"].str.startswith("v+u[") & (g["seed"] != "pooled")]
             agg = per_seed.groupby("alpha")["mean"].agg(["mean", "std"]).reset_index()
