@@ -53,3 +53,14 @@ def test_seeded_sampling_reproducible_and_continuation_separate(tiny_llama) -> N
 def test_left_pad() -> None:
     ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+def test_limit_keeps_first_jobs(tiny_llama) -> None:
+    model, tok = tiny_llama
+    ids = encode_all(tok, PROMPTS, "raw")
+    cfg = GenerationConfig(max_new_tokens=4, temperature=0.0, batch_size=3)
+    full = generate(model, tok, ids, cfg, n_samples=2, progress=False)
+    part = generate(model, tok, ids, cfg, n_samples=2, limit=5, progress=False)
+    assert len(full) == 8 and len(part) == 5
+    assert [(g.prompt_index, g.sample, g.continuation) for g in part] == \
+        [(g.prompt_index, g.sample, g.continuation) for g in full[:5]]

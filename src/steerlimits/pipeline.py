@@ -137,8 +137,7 @@ def steer_generate(config: Mapping[str, Any], model: str, behaviour: str, vector
                                 top_p=dcfg["top_p"], batch_size=dcfg["batch_size"],
                                 seed=derive_seed(seed, alpha))
         gens = generate(mdl, tok, ids, gcfg, vector=v, alpha=float(alpha), layer=layer,
-                        positions=dcfg["positions"], n_samples=n_samples)
-        gens = [g for g in gens if g.sample * len(prompts) + g.prompt_index < dcfg["n_generations"]]
+                        positions=dcfg["positions"], n_samples=n_samples, limit=dcfg["n_generations"])
         rows += [{**g.to_dict(), "model": model, "behaviour": behaviour, "layer": layer,
                   "inject_at": f"hidden_states[{layer}] (input of block {layer})", "positions": dcfg["positions"],
                   "method": dcfg["method"], "vector_norm": float(v.norm())} for g in gens]

@@ -53,7 +53,8 @@ def _batches(items: Sequence[Any], size: int) -> Iterator[tuple[int, Sequence[An
 @torch.no_grad()
 def generate(model: Any, tok: Any, prompts: Sequence[Sequence[int]], cfg: GenerationConfig, *,
              vector: torch.Tensor | None = None, alpha: float = 0.0, layer: int | None = None,
-             positions: Positions = "all", n_samples: int = 1, progress: bool = True) -> list[Generation]:
+             positions: Positions = "all", n_samples: int = 1, limit: int | None = None,
+             progress: bool = True) -> list[Generation]:
     """Generate ``n_samples`` continuations per prompt, steered by ``alpha * vector`` at block ``layer``'s input.
 
     Parameters
@@ -62,12 +63,13 @@ def generate(model: Any, tok: Any, prompts: Sequence[Sequence[int]], cfg: Genera
     vector : Float[Tensor, "d_model"], Float[Tensor, "n_prompts d_model"] (one vector per prompt, so that
         different conditions share batches), or None (no steering).
     positions : ``all`` or ``last_prompt_and_generated`` (decision D4).
+    limit : keep only the first ``limit`` (prompt, sample) jobs, in sample-major order.
     """
     if vector is not None and layer is None:
         raise ValueError("a steering vector needs a layer")
     if vector is not None and vector.ndim == 2 and vector.shape[0] != len(prompts):
         raise ValueError(f"{vector.shape[0]} per-prompt vectors for {len(prompts)} prompts")
-    jobs = [(i, s) for s in range(n_samples) for i in range(len(prompts))]
+    jobs = [(i, s) for s in range(n_samples) for i in range(len(prompts))][:limit]
     pid, out = pad_id(tok), []
     eos = tok.eos_token_id
     n_batches = -(-len(jobs) // cfg.batch_size)

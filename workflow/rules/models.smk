@@ -12,7 +12,7 @@ rule prepare_model:
     resources:
         mem_mb=8000,
         runtime=10,
-    threads: 2
+    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     conda:
         "../../envs/steerlimits.yaml"
     script:

@@ -53,7 +53,7 @@ rule paperB_nullspace:
     resources:
         mem_mb=8000,
         runtime=30,
-    threads: 2
+    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     conda:
         "../../envs/steerlimits.yaml"
     script:
@@ -79,7 +79,7 @@ rule paperB_generate:
     resources:
         mem_mb=8000,
         runtime=60,
-    threads: 2
+    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     conda:
         "../../envs/steerlimits.yaml"
     script:
@@ -103,7 +103,7 @@ rule paperB_score:
     resources:
         mem_mb=4000,
         runtime=20,
-    threads: 2
+    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     conda:
         "../../envs/steerlimits.yaml"
     script:
@@ -127,7 +127,7 @@ rule paperB_logits:
     resources:
         mem_mb=8000,
         runtime=10,
-    threads: 2
+    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     conda:
         "../../envs/steerlimits.yaml"
     script:

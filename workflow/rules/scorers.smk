@@ -19,7 +19,7 @@ rule validate_scorers:
     resources:
         mem_mb=4000,
         runtime=20,
-    threads: 2
+    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     conda:
         "../../envs/steerlimits.yaml"
     script:

@@ -15,7 +15,7 @@ rule steer_generate:
     resources:
         mem_mb=8000,
         runtime=30,
-    threads: 2
+    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     conda:
         "../../envs/steerlimits.yaml"
     script:

@@ -70,6 +70,20 @@ class ModelContext:
                               layers_path=self.spec.layers_path):
             yield
 
+    @torch.no_grad()
+    def states(self, vector: str, ids: Sequence[int], steered: bool = False,
+               alpha: float | None = None) -> Tensor:
+        """States ``(T, d)`` at ``hidden_states[l + 1]`` of one uncached pass over ``ids`` (blocks ``0 … l``
+        only), steered at every position when ``steered``."""
+        from steerlimits.invert import TruncatedLM
+
+        tl = TruncatedLM(self.model, self.measure_at(vector), self.spec.layers_path)
+        x = torch.as_tensor([list(ids)], dtype=torch.long)
+        if not steered:
+            return tl.full(input_ids=x)[0]
+        with self.steering(vector, alpha):
+            return tl.full(input_ids=x)[0]
+
     def site_record(self, vector: str) -> dict[str, Any]:
         l = self.layer[vector]
         return {"inject_at": f"hidden_states[{l}] (input of block {l})",

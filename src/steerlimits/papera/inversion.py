@@ -11,9 +11,7 @@ Per condition (natural, or ``α · v`` at the input of block ``l`` at every posi
   order (exact; all of 𝒱 is swept if ever needed); steered targets: ``mode="ranked"`` with ``n_candidates``
   verified candidates per position, the first being the natural inversion's token at that position (warm
   start: the minimum found is never worse than the prompt's own token, as in an exhaustive sweep);
-* certification: ``certify_prompt`` gets a bf16-screened exhaustive sweep at every position (and so does the
-  header, for every prompt of the set); ``audit`` re-sweeps chosen positions exhaustively given the ranked
-  prefix and keeps the ranked result beside the certificate.
+* certificates are a separate pass (:mod:`steerlimits.papera.certify`) over the recovered prefixes.
 """
 
 from __future__ import annotations
@@ -30,7 +28,7 @@ from steerlimits.invert import InversionConfig, PositionResult, TruncatedLM, inv
 from steerlimits.papera.context import common_prefix_len
 from steerlimits.papera.ranking import DecoderRank
 
-__all__ = ["Audit", "PromptRun", "SearchSetup", "invert_condition", "natural_states"]
+__all__ = ["PromptRun", "SearchSetup", "invert_condition", "natural_states"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,18 +52,7 @@ class SearchSetup:
                       seed=self.seed, layers_path=self.layers_path, screen_safety=self.screen_safety)
         if kind == "natural":
             return InversionConfig(mode="exhaustive", early_exit=True, **common)
-        if kind == "certify":
-            return InversionConfig(mode="exhaustive", early_exit=False, screen_dtype="bfloat16", **common)
         return InversionConfig(mode="ranked", n_candidates=self.n_candidates, early_exit=False, **common)
-
-
-@dataclass
-class Audit:
-    """An exhaustive re-sweep of one position given the ranked prefix, beside the ranked result."""
-
-    certificate: PositionResult
-    ranked_token: int
-    ranked_dist: float
 
 
 @dataclass
@@ -82,7 +69,9 @@ class PromptRun:
     tau0: float
     delta_h: list[float]
     header_len: int
-    audits: list[Audit] = field(default_factory=list)
+    target: Tensor  # (T, d) the searched target states
+    recovered_to_natural: list[float] = field(default_factory=list)  # ‖h(ŝ)_t − h(x)_t‖
+    recovered_to_target: list[float] = field(default_factory=list)  # ‖h(ŝ)_t − target_t‖
     wall_s: float = 0.0
 
     @property
@@ -108,9 +97,7 @@ def _shift(results: Sequence[PositionResult], offset: int) -> list[PositionResul
 def invert_condition(model: nn.Module, prompts: Sequence[Sequence[int]], setup: SearchSetup, *,
                      vector: Tensor | None = None, alpha: float = 0.0,
                      natural: Mapping[int, tuple[Tensor, Tensor]] | None = None,
-                     warm: Mapping[int, Sequence[int]] | None = None,
-                     certify_prompt: int | None = None, audit: Mapping[int, Sequence[int]] | None = None,
-                     progress: bool = False) -> list[PromptRun]:
+                     warm: Mapping[int, Sequence[int]] | None = None) -> list[PromptRun]:
     """Invert every prompt of ``prompts`` under one condition (natural when ``alpha == 0``).
 
     Parameters
@@ -121,11 +108,6 @@ def invert_condition(model: nn.Module, prompts: Sequence[Sequence[int]], setup: 
     warm
         ``prompt index -> tokens (T,)`` tried first at each position of a steered search (the natural
         inversion's recovered ids); ignored for natural targets.
-    certify_prompt
-        Index of the prompt whose every position (and the shared header) is swept exhaustively (bf16 screen,
-        float32 re-verification); ``None``: none.
-    audit
-        ``prompt index -> positions`` re-swept exhaustively after the search (``t ≥ 1``).
     """
     kind = "natural" if (vector is None or alpha == 0.0) else "steered"
     m, lp = setup.measure_at, setup.layers_path
@@ -149,41 +131,35 @@ def invert_condition(model: nn.Module, prompts: Sequence[Sequence[int]], setup: 
     start = time.perf_counter()
     shared: list[PositionResult] = []
     prefix: list[int] = []
-    hdr_kind = "certify" if certify_prompt is not None else kind
     for lo, hi in ((0, min(header, 1)), (1, header)):  # the sink alone (its own, larger floor), then the rest
         if hi <= lo:
             continue
         hdr_floor = floors[0][lo:hi]
-        hdr = invert(model, targets[0][lo:hi], setup.config(hdr_kind, 10.0 * float(hdr_floor.max())),
+        hdr = invert(model, targets[0][lo:hi], setup.config(kind, 10.0 * float(hdr_floor.max())),
                      prefix_ids=torch.tensor(prefix, dtype=torch.long), floor=hdr_floor, rank_fn=rank_for(0),
-                     progress=progress and hdr_kind == "certify")
+                     progress=False)
         prefix += hdr.ids
         shared += _shift(hdr.positions, lo)
     shared_s = time.perf_counter() - start
     runs = []
     for i, ids in enumerate(prompts):
         start = time.perf_counter()
-        own_kind = "certify" if i == certify_prompt else kind
-        res = invert(model, targets[i][header:], setup.config(own_kind, taus[i]),
-                     prefix_ids=torch.tensor(prefix, dtype=torch.long),
-                     floor=floors[i][header:], rank_fn=rank_for(i), progress=progress and own_kind == "certify")
+        res = invert(model, targets[i][header:], setup.config(kind, taus[i]),
+                     prefix_ids=torch.tensor(prefix, dtype=torch.long), floor=floors[i][header:],
+                     rank_fn=rank_for(i), progress=False)
         positions = shared + _shift(res.positions, header)
         tau_i, tau0_i = taus[i], 10.0 * float(floors[i][0])
         positions = [replace(p, exact=p.topk_dist[0] <= (tau0_i if p.position == 0 else tau_i)) for p in positions]
         delta = torch.linalg.vector_norm(targets[i] - natural[i][0], dim=-1)
+        recovered = [p.chosen_token for p in positions]
+        rec_states = natural[i][0] if recovered == list(ids) else target_states(
+            model, torch.as_tensor(recovered), m, layers_path=lp)
         run = PromptRun(prompt_index=i, alpha=alpha if kind == "steered" else 0.0, ids=list(ids),
-                        recovered=[p.chosen_token for p in positions], positions=positions,
-                        floor=floors[i].tolist(), tau=tau_i, tau0=tau0_i, delta_h=delta.tolist(),
-                        header_len=header, wall_s=time.perf_counter() - start + shared_s / len(prompts))
-        for t in (audit or {}).get(i, []):
-            if not 1 <= t < len(ids):
-                raise ValueError(f"audit position {t} outside 1 … {len(ids) - 1}")
-            cert = invert(model, targets[i][t:t + 1], setup.config("certify", tau_i),
-                          prefix_ids=torch.tensor(run.recovered[:t], dtype=torch.long), floor=floors[i][t:t + 1],
-                          rank_fn=setup.rank, progress=progress)
-            ranked = positions[t]
-            run.audits.append(Audit(certificate=_shift(cert.positions, t)[0], ranked_token=ranked.chosen_token,
-                                    ranked_dist=ranked.topk_dist[0]))
+                        recovered=recovered, positions=positions, floor=floors[i].tolist(), tau=tau_i,
+                        tau0=tau0_i, delta_h=delta.tolist(), header_len=header, target=targets[i],
+                        recovered_to_natural=torch.linalg.vector_norm(rec_states - natural[i][0], dim=-1).tolist(),
+                        recovered_to_target=torch.linalg.vector_norm(rec_states - targets[i], dim=-1).tolist(),
+                        wall_s=time.perf_counter() - start + shared_s / len(prompts))
         logger.info("%s alpha=%g prompt %d: %d/%d tokens recovered, exact match %s, median top-1 (t>=1) %.4g "
                     "(tau %.3g), %.1f s", kind, alpha, i, sum(a == b for a, b in zip(run.recovered, run.ids)),
                     len(ids), run.exact_match, float(torch.tensor([p.topk_dist[0] for p in positions[1:]]).median()),
