@@ -1,1 +1,281 @@
 # Paper A (non-surjectivity) rules: enabled by `paperA: {enabled: true}` in the config (issue 3).
+# Per model: E1 + E2 inversion with certificates -> E1 behaviour (generations from x, steered x, recovered ids);
+# steered responses y -> E3 many-shot, E4 tuning/GCG, E6 copying; E5 soft prefix; E7 cross-prompt scale.
+# Then tables A-T1..T5 (+ E2, E3, behaviour), figures A-F1..F6 and claims A1..A12.
+# Spec: /work/shared/spec/paper-A-nonsurjectivity.md; settings: workflow/schemas/paperA.schema.yaml.
+from steerlimits.papera import FIGURES as PA_FIGURE_STEMS, TABLE_FILES as PA_TABLE_FILES
+
+
+validate(config["paperA"], "../schemas/paperA.schema.yaml")
+
+PA = config["paperA"]
+PA_DIR = f"{RESULTS}/paperA"
+PA_MODELS = PA["models"] or MODELS
+PA_VECTORS = sorted(set(PA["vectors"]) | set(PA["responses"]["vectors"]) | set(PA["e7"]["vectors"]))
+PA_TABLES = {key: f"{PA_DIR}/{name}" for key, name in PA_TABLE_FILES.items()}
+PA_FIGURES = {  # output name "A-F2_png" <-> figure A-F2
+    f"{fid}_{ext}": f"{FIGURES}/{stem}.{ext}" for fid, stem in PA_FIGURE_STEMS.items() for ext in ("png", "pdf")
+}
+PA_RAW = {  # raw per-model tables read by the tables, figures and claims rules
+    "positions": f"{PA_DIR}/inversion/{{model}}.positions.csv",
+    "prompts": f"{PA_DIR}/inversion/{{model}}.prompts.csv",
+    "certificates": f"{PA_DIR}/inversion/{{model}}.certificates.csv",
+    "behaviour": f"{PA_DIR}/behaviour/{{model}}.csv",
+    "e3": f"{PA_DIR}/e3/{{model}}.summary.csv",
+    "e3_positions": f"{PA_DIR}/e3/{{model}}.positions.csv",
+    "e4": f"{PA_DIR}/e4/{{model}}.csv",
+    "e5": f"{PA_DIR}/e5/{{model}}.csv",
+    "e5_generations": f"{PA_DIR}/e5/{{model}}.generations.csv",
+    "e6": f"{PA_DIR}/e6/{{model}}.csv",
+    "e7": f"{PA_DIR}/e7/{{model}}.ratios.csv",
+    "e7_pairs": f"{PA_DIR}/e7/{{model}}.pairs.csv",
+}
+
+if PA["enabled"]:
+    _missing = [v for v in PA_VECTORS if v not in BEHAVIOURS]
+    if _missing:
+        raise WorkflowError(f"paperA vectors {_missing} are not extracted: add them to vectors.behaviours")
+    _unknown = [m for m in PA_MODELS if m not in MODELS]
+    if _unknown:
+        raise WorkflowError(f"paperA.models {_unknown} are not in the config's models {MODELS}")
+    PAPER_TARGETS.extend(list(PA_TABLES.values()) + list(PA_FIGURES.values()))
+    CLAIM_TABLES.append(f"{PA_DIR}/claims.csv")
+PA_VECTOR_FILES = expand(f"{RESULTS}/vectors/{{{{model}}}}/{{v}}.safetensors", v=PA_VECTORS)
+PA_RAW_ALL = {key: expand(path, model=PA_MODELS) for key, path in PA_RAW.items()}
+
+
+rule paperA_inversion:
+    """E1 natural vs steered inversion (10 prompts per vector) + E2 coefficient sweep + certificates."""
+    input:
+        model=model_marker,
+        vectors=PA_VECTOR_FILES,
+        data=DATA_FILES,
+    output:
+        positions=PA_RAW["positions"],
+        prompts=PA_RAW["prompts"],
+        certificates=PA_RAW["certificates"],
+    params:
+        vectors=PA_VECTORS,
+        settings=lookup(dpath="paperA", within=config),
+    log:
+        f"{LOGS}/paperA/inversion/{{model}}.log",
+    benchmark:
+        f"{BENCH}/paperA_inversion/{{model}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/paperA_inversion.py"
+
+
+rule paperA_behaviour:
+    """E1 behaviour: greedy generations from x, steered x and the recovered ids (unsteered), scored."""
+    input:
+        model=model_marker,
+        vectors=PA_VECTOR_FILES,
+        prompts=PA_RAW["prompts"],
+    output:
+        table=PA_RAW["behaviour"],
+    params:
+        vectors=PA_VECTORS,
+    log:
+        f"{LOGS}/paperA/behaviour/{{model}}.log",
+    benchmark:
+        f"{BENCH}/paperA_behaviour/{{model}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=20,
+    threads: 1
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/paperA_behaviour.py"
+
+
+rule paperA_responses:
+    """Steered greedy responses y to the first test prompts (shared by E3, E4, E6)."""
+    input:
+        model=model_marker,
+        vectors=PA_VECTOR_FILES,
+    output:
+        responses=f"{PA_DIR}/responses/{{model}}.json",
+    params:
+        vectors=PA_VECTORS,
+    log:
+        f"{LOGS}/paperA/responses/{{model}}.log",
+    benchmark:
+        f"{BENCH}/paperA_responses/{{model}}.tsv"
+    threads: 1
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/paperA_responses.py"
+
+
+rule paperA_e3:
+    """E3 many-shot ICL: distance to the steered states and attack success vs N demonstrations."""
+    input:
+        model=model_marker,
+        vectors=PA_VECTOR_FILES,
+        responses=f"{PA_DIR}/responses/{{model}}.json",
+        data=DATA_FILES,
+    output:
+        summary=PA_RAW["e3"],
+        positions=PA_RAW["e3_positions"],
+    params:
+        vectors=PA_VECTORS,
+    log:
+        f"{LOGS}/paperA/e3/{{model}}.log",
+    benchmark:
+        f"{BENCH}/paperA_e3/{{model}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    threads: 1
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/paperA_e3.py"
+
+
+rule paperA_e4:
+    """E4 prompt tuning (replacement, prefix; projected) and GCG-style optimisation towards the steered states."""
+    input:
+        model=model_marker,
+        vectors=PA_VECTOR_FILES,
+        responses=f"{PA_DIR}/responses/{{model}}.json",
+    output:
+        table=PA_RAW["e4"],
+    params:
+        vectors=PA_VECTORS,
+    log:
+        f"{LOGS}/paperA/e4/{{model}}.log",
+    benchmark:
+        f"{BENCH}/paperA_e4/{{model}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    threads: 1
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/paperA_e4.py"
+
+
+rule paperA_e5:
+    """E5 soft prefix of length p, then projection to tokens."""
+    input:
+        model=model_marker,
+        vectors=PA_VECTOR_FILES,
+    output:
+        table=PA_RAW["e5"],
+        generations=PA_RAW["e5_generations"],
+    params:
+        vectors=PA_VECTORS,
+    log:
+        f"{LOGS}/paperA/e5/{{model}}.log",
+    benchmark:
+        f"{BENCH}/paperA_e5/{{model}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    threads: 1
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/paperA_e5.py"
+
+
+rule paperA_e6:
+    """E6 copying baseline: explicit repetition and ICL-n copies of the steered response."""
+    input:
+        model=model_marker,
+        vectors=PA_VECTOR_FILES,
+        responses=f"{PA_DIR}/responses/{{model}}.json",
+    output:
+        table=PA_RAW["e6"],
+    params:
+        vectors=PA_VECTORS,
+    log:
+        f"{LOGS}/paperA/e6/{{model}}.log",
+    benchmark:
+        f"{BENCH}/paperA_e6/{{model}}.tsv"
+    threads: 1
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/paperA_e6.py"
+
+
+rule paperA_e7:
+    """E7 steering displacement vs cross-prompt distances (test prompts, paraphrase groups)."""
+    input:
+        model=model_marker,
+        vectors=PA_VECTOR_FILES,
+        data=DATA_FILES,
+    output:
+        ratios=PA_RAW["e7"],
+        pairs=PA_RAW["e7_pairs"],
+    params:
+        vectors=PA_VECTORS,
+    log:
+        f"{LOGS}/paperA/e7/{{model}}.log",
+    benchmark:
+        f"{BENCH}/paperA_e7/{{model}}.tsv"
+    threads: 1
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/paperA_e7.py"
+
+
+rule paperA_tables:
+    """Tables A-T1 (+ Markdown), certificates, E2 sweep, A-T2..A-T5, E3 and reconstruction behaviour."""
+    input:
+        **PA_RAW_ALL,
+    output:
+        **{
+            key: report(path, caption="../report/paperA_tables.rst", category="Paper A", labels={"table": key})
+            for key, path in PA_TABLES.items()
+        },
+    log:
+        f"{LOGS}/paperA/tables.log",
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/paperA_tables.py"
+
+
+rule paperA_figures:
+    """Figures A-F1..A-F6 (PNG + PDF), one panel per model x vector."""
+    input:
+        e2=PA_TABLES["e2"],
+        **{key: PA_RAW_ALL[key] for key in ("positions", "e3", "e3_positions", "e5", "e7_pairs")},
+    output:
+        **{
+            key: report(path, caption="../report/paperA_figures.rst", category="Paper A", labels={"figure": key})
+            for key, path in PA_FIGURES.items()
+        },
+    log:
+        f"{LOGS}/paperA/figures.log",
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/paperA_figures.py"
+
+
+rule paperA_claims:
+    """Claims A1..A12 per model x vector (spec A §8 thresholds)."""
+    input:
+        **PA_RAW_ALL,
+    output:
+        table=report(f"{PA_DIR}/claims.csv", caption="../report/paperA_claims.rst", category="Paper A"),
+    log:
+        f"{LOGS}/paperA/claims.log",
+    conda:
+        "../../envs/steerlimits.yaml"
+    script:
+        "../scripts/paperA_claims.py"

@@ -122,7 +122,8 @@ def run_e1_e2(ctx: ModelContext) -> dict[str, Any]:
             ({**base, "experiment": "E1", "condition": "steered", "alpha": alpha,
               "n_candidates": e1["n_candidates"]}, steered)]
         n2 = min(e2["n_prompts"], len(prompts))
-        setup2 = replace(setup, n_candidates=e2["n_candidates"])
+        rank2 = rank if e2["gradient_ranking"] else replace(rank, use_gradient=False)
+        setup2 = replace(setup, n_candidates=e2["n_candidates"], rank=rank2)
         sign = math.copysign(1.0, alpha)
         for c in e2["coefficients"]:
             a = sign * float(c)
@@ -139,19 +140,21 @@ def run_e1_e2(ctx: ModelContext) -> dict[str, Any]:
             for r in rs:
                 pos_rows += _position_rows(b, r)
                 prompt_rows.append(_prompt_row(b, r))
-        # certificates: the shortest of the E2 prompts, every condition that ran on it
-        c_idx = int(np.argmin([len(p) for p in prompts[:n2]]))
-        for b, rs in runs:
-            r = next((r for r in rs if r.prompt_index == c_idx), None)
-            if r is not None and not (b["experiment"] == "E2" and math.isclose(b["alpha"], alpha)):
-                key = (vector, b["experiment"], b["condition"], b["alpha"], c_idx)
-                cert_items.setdefault(m, []).append(
-                    (b, r, CertItem(key=key, recovered=r.recovered, target=r.target,
-                                    positions=_audit_positions(r, mode), tau=r.tau)))
+        # certificates: the shortest prompts, every condition that ran on them (E2's too when the prompt is one
+        # of E2's); the E2 run at E1's alpha is E1's own run
+        for c_idx in sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))[:e1["certify_prompts"]]:
+            for b, rs in runs:
+                r = next((r for r in rs if r.prompt_index == c_idx), None)
+                if r is not None and not (b["experiment"] == "E2" and math.isclose(b["alpha"], alpha)):
+                    key = (vector, b["experiment"], b["condition"], b["alpha"], c_idx)
+                    cert_items.setdefault(m, []).append(
+                        (b, r, CertItem(key=key, recovered=r.recovered, target=r.target,
+                                        positions=_audit_positions(r, mode), tau=r.tau)))
     cert_rows = []
     for m, entries in cert_items.items():
         results = certify(model, [c for _, _, c in entries], m, batch_size=e1["batch_size"], top_k=e1["top_k"],
-                          safety=e1["screen_safety"], seed=seed, layers_path=ctx.spec.layers_path)
+                          safety=e1["screen_safety"], seed=seed, screen_dtype=e1["screen_dtype"],
+                          layers_path=ctx.spec.layers_path)
         lookup = {id(c): (b, r) for b, r, c in entries}
         for item, p in results:
             b, r = lookup[id(item)]

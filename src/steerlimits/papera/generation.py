@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from steerlimits import hooks
 from steerlimits.papera.context import ModelContext
 
-__all__ = ["directional_ablation", "greedy", "greedy_embeds", "steered_responses"]
+__all__ = ["directional_ablation", "greedy", "greedy_batch", "greedy_embeds", "steered_responses"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,8 @@ def _strip(new: Tensor, eos: set[int]) -> list[int]:
 def _eos(ctx: ModelContext) -> set[int]:
     ids = ctx.model.generation_config.eos_token_id
     ids = ids if isinstance(ids, (list, tuple)) else [ids]
-    return {int(i) for i in ids if i is not None} | ({int(ctx.tok.eos_token_id)} if ctx.tok.eos_token_id is not None else set())
+    out = {int(i) for i in ids if i is not None}
+    return out | ({int(ctx.tok.eos_token_id)} if ctx.tok.eos_token_id is not None else set())
 
 
 def _kwargs(ctx: ModelContext, max_new_tokens: int) -> dict[str, Any]:
@@ -98,10 +99,30 @@ def greedy(ctx: ModelContext, ids: Sequence[int], max_new_tokens: int, *, vector
 
 
 @torch.no_grad()
+def greedy_batch(ctx: ModelContext, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                 vector: str | None = None, ablate: str | None = None, batch_size: int = 16) -> list[list[int]]:
+    """Greedy continuations of several prompts in left-padded batches (``generate`` derives position ids from
+    the mask), optionally steered at every position or with a direction ablated."""
+    from steerlimits.prompting import left_pad, pad_id
+
+    out: list[list[int]] = []
+    for lo in range(0, len(prompts), batch_size):
+        ids, mask = left_pad(prompts[lo:lo + batch_size], pad_id(ctx.tok))
+        with ExitStack() as stack:
+            if vector is not None:
+                stack.enter_context(ctx.steering(vector))
+            if ablate is not None:
+                stack.enter_context(directional_ablation(ctx.model, ctx.vectors[ablate], ctx.spec.layers_path))
+            gen = ctx.model.generate(input_ids=ids, attention_mask=mask, **_kwargs(ctx, max_new_tokens))
+        out += [_strip(row[ids.shape[1]:], _eos(ctx)) for row in gen]
+    return out
+
+
+@torch.no_grad()
 def greedy_embeds(ctx: ModelContext, embeds: Tensor, max_new_tokens: int) -> list[int]:
     """Greedy continuation of input embeddings ``(T, d)`` (a soft prompt), unsteered."""
-    out = ctx.model.generate(inputs_embeds=embeds[None], attention_mask=torch.ones(1, embeds.shape[0], dtype=torch.long),
-                             **_kwargs(ctx, max_new_tokens))
+    mask = torch.ones(1, embeds.shape[0], dtype=torch.long)
+    out = ctx.model.generate(inputs_embeds=embeds[None], attention_mask=mask, **_kwargs(ctx, max_new_tokens))
     return _strip(out[0], _eos(ctx))
 
 

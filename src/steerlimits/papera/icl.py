@@ -24,7 +24,7 @@ from transformers import DynamicCache
 
 from steerlimits import data as D
 from steerlimits.papera.context import ModelContext
-from steerlimits.papera.generation import directional_ablation, greedy
+from steerlimits.papera.generation import greedy, greedy_batch
 from steerlimits.scoring import is_refusal
 
 __all__ = ["demo_pool", "run_e3"]
@@ -32,19 +32,17 @@ __all__ = ["demo_pool", "run_e3"]
 logger = logging.getLogger(__name__)
 
 
-def demo_pool(ctx: ModelContext, vector: str, n: int, pool: int, demo_tokens: int, seed: int) -> list[list[int]]:
+def demo_pool(ctx: ModelContext, vector: str, n: int, pool: int, demo_tokens: int, seed: int,
+              batch_size: int = 16) -> list[list[int]]:
     """``n`` demonstrations: seeded draw of training/validation harmful requests (test split excluded, at most
-    ``pool``), each templated + its greedy completion under directional ablation + EOS."""
+    ``pool``), each templated + its greedy completion under directional ablation (left-padded batches) + EOS."""
     records = [r for r in D.load_records("refusal", ctx.config.get("data_dir"))
                if r["label"] == "harmful" and r["split"] != "test"]
     order = np.random.default_rng(seed).permutation(len(records))[:min(pool, len(records))]
     eos = int(ctx.tok.eos_token_id)
-    demos = []
-    with directional_ablation(ctx.model, ctx.vectors[vector], ctx.spec.layers_path):
-        for j in order[:n]:
-            ids = ctx.encode(vector, records[int(j)]["text"])
-            completion = greedy(ctx, ids, demo_tokens)
-            demos.append(ids + completion + [eos])
+    requests = [ctx.encode(vector, records[int(j)]["text"]) for j in order[:n]]
+    completions = greedy_batch(ctx, requests, demo_tokens, ablate=vector, batch_size=batch_size)
+    demos = [ids + completion + [eos] for ids, completion in zip(requests, completions)]
     return demos
 
 
@@ -59,7 +57,7 @@ def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
     rows, pos_rows, notes = [], [], []
     prompts = list(responses)[:cfg["n_prompts"]]
     longest = max(len(r["x"]) + len(r["y"][:cfg["y_tokens"]]) for r in prompts) + cfg["y_tokens"]
-    demos = demo_pool(ctx, vector, max(shots), cfg["pool"], cfg["demo_tokens"], seed)
+    demos = demo_pool(ctx, vector, max(shots), cfg["pool"], cfg["demo_tokens"], seed, cfg["batch_size"])
     if len(demos) < max(shots):
         notes.append(f"pool has {len(demos)} demonstrations: N capped")
     lengths = np.cumsum([0] + [len(d) for d in demos])
@@ -76,6 +74,9 @@ def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
             ctx.model(input_ids=torch.tensor([demos[n]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
     for r in prompts:
         x, y = list(r["x"]), list(r["y"])[:cfg["y_tokens"]]
+        if not y:
+            notes.append(f"prompt {r['prompt']}: empty steered response, skipped")
+            continue
         target = ctx.states(vector, x + y, steered=True)
         spans = {"instruction": slice(1, len(x)), "response": slice(len(x), len(x) + len(y)),
                  "all": slice(1, len(x) + len(y))}

@@ -1,0 +1,214 @@
+"""Paper A figures (spec A §5): A-F1 concept surface, A-F2 top-k vs position, A-F3 sweep (+ per-position
+companion), A-F4 many-shot (+ N × position heatmap), A-F5 soft prefix, A-F6 cross-prompt scale.
+
+One style (:func:`steerlimits.plotting.set_style`); each data figure has one panel per model × vector (rows:
+models, columns: vectors); position 0 (the attention sink) is never plotted.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LinearSegmentedColormap
+
+from steerlimits.plotting import set_style
+
+__all__ = ["concept_surface", "many_shot", "scale", "soft_prefix", "sweep", "sweep_positions",
+           "topk_by_position"]
+
+NATURAL = ("#222222", "#555555")
+STEERED = ("#4B0082", "#6A0DAD")
+
+
+def _grid(df: pd.DataFrame, w: float, h: float) -> tuple[plt.Figure, np.ndarray, list[tuple[str, str]]]:
+    models = list(dict.fromkeys(df["model"]))
+    vectors = list(dict.fromkeys(df["vector"]))
+    fig, axes = plt.subplots(len(models), len(vectors), figsize=(w * len(vectors), h * len(models)), squeeze=False)
+    return fig, axes, [(m, v) for m in models for v in vectors]
+
+
+def _ax(axes: np.ndarray, df: pd.DataFrame, model: str, vector: str) -> plt.Axes:
+    models, vectors = list(dict.fromkeys(df["model"])), list(dict.fromkeys(df["vector"]))
+    return axes[models.index(model)][vectors.index(vector)]
+
+
+def concept_surface(seed: int = 0) -> plt.Figure:
+    """A-F1: the reachable set as a surface; natural states on it, steered states off it."""
+    set_style()
+    x = y = np.linspace(-2, 2, 50)
+    xx, yy = np.meshgrid(x, y)
+    z = lambda a, b: 0.5 * np.sin(2 * a) * np.cos(2 * b) + 0.2 * np.cos(a + b)  # noqa: E731
+    fig = plt.figure(figsize=(5, 4))
+    ax = fig.add_subplot(projection="3d")
+    ax.plot_surface(xx, yy, z(xx, yy), cmap="Oranges", alpha=0.4, linewidth=0)
+    ax.plot_wireframe(xx, yy, z(xx, yy), color="black", linewidth=0.2, rstride=4, cstride=4)
+    rng = np.random.default_rng(seed)
+    px, py = rng.uniform(-1.6, 1.6, 8), rng.uniform(-1.6, 1.6, 8)
+    ax.scatter(px, py, z(px, py), color=NATURAL[0], s=18, label="natural states (reachable)", depthshade=False)
+    lift = rng.choice([-1, 1], 8) * rng.uniform(0.35, 0.6, 8)
+    ax.scatter(px, py, z(px, py) + lift, color=STEERED[0], s=18, marker="^", label="steered states", depthshade=False)
+    for a, b, c, d in zip(px, py, z(px, py), lift):
+        ax.plot([a, a], [b, b], [c, c + d], color=STEERED[1], lw=0.6, ls=":")
+    ax.view_init(elev=60, azim=-60)
+    ax.set_xticklabels([]), ax.set_yticklabels([]), ax.set_zticklabels([])
+    ax.legend(loc="upper left", fontsize=7)
+    ax.set_title("Steering leaves the reachable set (concept)", fontsize=9)
+    return fig
+
+
+def topk_by_position(positions: pd.DataFrame) -> plt.Figure:
+    """A-F2: mean top-1/top-2 L2 vs position, natural (dashed greys) vs steered (solid purples), ±1 std."""
+    set_style()
+    df = positions[(positions["experiment"] == "E1") & (positions["position"] >= 1)]
+    fig, axes, panels = _grid(df, 6, 4)
+    for model, vector in panels:
+        ax = _ax(axes, df, model, vector)
+        for cond, colours, ls in (("natural", NATURAL, "--"), ("steered", STEERED, "-")):
+            g = df[(df["model"] == model) & (df["vector"] == vector) & (df["condition"] == cond)]
+            for k, col in enumerate(("top1", "top2")):
+                s = g.groupby("position")[col].agg(["mean", "std"]).fillna(0)
+                ax.plot(s.index, s["mean"], ls=ls, color=colours[k], lw=1.2, label=f"{cond} top-{k + 1}")
+                ax.fill_between(s.index, (s["mean"] - s["std"]).clip(lower=1e-12), s["mean"] + s["std"],
+                                color=colours[k], alpha=0.1, lw=0)
+        ax.set_yscale("log")
+        ax.set_title(f"{model} / {vector}", fontsize=9)
+        ax.set_xlabel("position t (0 skipped)")
+        ax.set_ylabel("L2 to target at hidden_states[l+1]")
+        ax.legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def sweep(e2: pd.DataFrame) -> plt.Figure:
+    """A-F3: ‖steered − natural‖ and ‖recovered − natural‖ per token vs α (std over prompts)."""
+    set_style()
+    fig, axes, panels = _grid(e2, 4, 4)
+    for model, vector in panels:
+        ax = _ax(axes, e2, model, vector)
+        g = e2[(e2["model"] == model) & (e2["vector"] == vector)].sort_values("alpha")
+        ax.errorbar(g["alpha"], g["steered_minus_natural_mean"], yerr=g["steered_minus_natural_std"], color="black",
+                    marker="o", ms=4, capsize=2, label="‖steered − natural‖")
+        ax.errorbar(g["alpha"], g["recovered_minus_natural_mean"], yerr=g["recovered_minus_natural_std"],
+                    color="grey", ls="--", marker="s", ms=4, capsize=2, label="‖recovered − natural‖")
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{model} / {vector}", fontsize=9)
+        ax.set_xlabel("α")
+        ax.set_ylabel("mean per-token L2")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_positions(positions: pd.DataFrame) -> plt.Figure:
+    """A-F3 companion: steered top-1 per position for each α (#4B0082 → #FFFF00 by |α|)."""
+    set_style()
+    df = positions[(positions["experiment"] == "E2") & (positions["position"] >= 1)]
+    cmap = LinearSegmentedColormap.from_list("a_f3", ["#4B0082", "#FFFF00"])
+    fig, axes, panels = _grid(df, 4, 4)
+    for model, vector in panels:
+        ax = _ax(axes, df, model, vector)
+        g = df[(df["model"] == model) & (df["vector"] == vector)]
+        alphas = sorted(g["alpha"].unique(), key=abs)
+        for i, a in enumerate(alphas):
+            s = g[g["alpha"] == a].groupby("position")["top1"].mean()
+            ax.plot(s.index, s.to_numpy(), color=cmap(i / max(1, len(alphas) - 1)), lw=1, label=f"α={a:g}")
+        ax.set_yscale("log")
+        ax.set_title(f"{model} / {vector}", fontsize=9)
+        ax.set_xlabel("position t")
+        ax.set_ylabel("steered top-1 L2")
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def many_shot(summary: pd.DataFrame, positions: pd.DataFrame) -> tuple[plt.Figure, plt.Figure]:
+    """A-F4 (two panels per model × vector) and its N × position heatmap."""
+    set_style()
+    keys = list(dict.fromkeys(zip(summary["model"], summary["vector"])))
+    fig, axes = plt.subplots(len(keys), 2, figsize=(16, 5 * len(keys)), squeeze=False)
+    heat, haxes = plt.subplots(len(keys), 1, figsize=(8, 3.5 * len(keys)), squeeze=False)
+    for row, (model, vector) in enumerate(keys):
+        g = summary[(summary["model"] == model) & (summary["vector"] == vector)]
+        m = g.groupby("n_shots").mean(numeric_only=True)
+        ax = axes[row][0]
+        for span, style in (("instruction", "-o"), ("response", "-s"), ("all", "-^")):
+            ax.plot(m.index, m[f"l2_{span}"], style, ms=4, label=f"L2 {span}")
+        ax.set_xscale("symlog", base=2, linthresh=1)
+        ticks = [n for n in (0, 1, 2, 4, 8, 16, 32, 64) if n <= max(m.index.max(), 1)]
+        ax.set_xticks(ticks, [str(n) for n in ticks])
+        ax.set_xlabel("N demonstrations")
+        ax.set_ylabel("L2 to steered target")
+        ax.set_title(f"{model} / {vector}", fontsize=9)
+        twin = ax.twinx()
+        twin.plot(m.index, m["attack_success"], "r--", marker="x", label="attack success")
+        twin.set_ylim(-0.05, 1.05)
+        twin.grid(False)
+        twin.set_ylabel("attack success", color="red")
+        ax.legend(loc="upper left", fontsize=7)
+        p = positions[(positions["model"] == model) & (positions["vector"] == vector)]
+        pm = p.groupby(["n_shots", "position"])["l2"].mean().unstack(0)
+        ax = axes[row][1]
+        ns = list(pm.columns)
+        cmap = plt.get_cmap("viridis")
+        for i, n in enumerate(ns):
+            ax.plot(pm.index, pm[n], color="black" if n == 0 else cmap(i / max(1, len(ns) - 1)), lw=1,
+                    label=f"N={n}")
+        ax.axvline(g["x_len"].mean(), color="red", ls="--", lw=1, label="mean instruction length")
+        ax.set_xlabel("position in [x; y]")
+        ax.set_ylabel("L2 to steered target")
+        ax.legend(fontsize=6, ncol=2)
+        hm = haxes[row][0].imshow(pm.T.to_numpy(), aspect="auto", cmap="viridis", interpolation="nearest")
+        haxes[row][0].set_yticks(range(len(ns)), [str(n) for n in ns])
+        haxes[row][0].set_ylabel("N")
+        haxes[row][0].set_xlabel("position in [x; y] (from 1)")
+        haxes[row][0].set_title(f"{model} / {vector}: L2 to steered target", fontsize=9)
+        heat.colorbar(hm, ax=haxes[row][0])
+    fig.tight_layout()
+    heat.tight_layout()
+    return fig, heat
+
+
+def soft_prefix(e5: pd.DataFrame) -> plt.Figure:
+    """A-F5: per-token L2 vs prefix length p, soft vs projected, with the natural displacement ‖Δh‖."""
+    set_style()
+    fig, axes, panels = _grid(e5, 4.5, 3.5)
+    for model, vector in panels:
+        ax = _ax(axes, e5, model, vector)
+        g = e5[(e5["model"] == model) & (e5["vector"] == vector)]
+        m = g.groupby(["p", "kind"])["l2_per_token"].mean().unstack()
+        ax.plot(m.index, m["soft"], "-o", ms=3, color=STEERED[0], label="soft prefix")
+        ax.plot(m.index, m["projected"], "--s", ms=3, color="grey", label="projected to tokens")
+        ax.axhline(g["delta_h"].mean(), color="black", ls=":", lw=1, label="‖Δh‖ (no prefix)")
+        ax.set_title(f"{model} / {vector}", fontsize=9)
+        ax.set_xlabel("prefix length p")
+        ax.set_ylabel("per-token L2 to steered states")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def scale(pairs: pd.DataFrame) -> plt.Figure:
+    """A-F6: distributions of the steering displacement and cross-prompt distances (user span)."""
+    set_style()
+    df = pairs[pairs["span"] == "user"]
+    fig, axes, panels = _grid(df, 4.5, 3.5)
+    for model, vector in panels:
+        ax = _ax(axes, df, model, vector)
+        g = df[(df["model"] == model) & (df["vector"] == vector)]
+        test = g[g["set"] == "test"]
+        groups = g[g["set"].str.startswith("group:")]
+        series = {"steering displacement s_i": test.drop_duplicates("i")["displacement"],
+                  "cross-prompt (test)": test["cross"]}
+        if len(groups):
+            series["within paraphrase groups"] = groups["cross"]
+        bins = np.geomspace(max(min(s.min() for s in series.values()), 1e-6),
+                            max(s.max() for s in series.values()) * 1.01, 30)
+        for (label, s), colour in zip(series.items(), (STEERED[0], "#888888", "#DD8452")):
+            ax.hist(s, bins=bins, alpha=0.5, color=colour, label=label, density=True)
+        ax.set_xscale("log")
+        ax.set_title(f"{model} / {vector}", fontsize=9)
+        ax.set_xlabel("mean per-token L2 at hidden_states[l+1]")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
