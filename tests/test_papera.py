@@ -106,6 +106,18 @@ def test_natural_inverts_exactly_and_header_memo_matches_single_runs(ctx: ModelC
     assert [p.topk_tokens[0] for p in alone.positions] == [p.topk_tokens[0] for p in runs[1].positions]
 
 
+def test_natural_fallback_recovers_when_the_fast_pass_misses(ctx: ModelContext) -> None:
+    from dataclasses import replace
+
+    setup = _setup(ctx)
+    blind = replace(setup.rank.decoder, weight=torch.zeros_like(setup.rank.decoder.weight))  # useless decoder
+    setup = replace(setup, rank=DecoderRank(blind, setup.rank.table, first_at_zero=setup.rank.first_at_zero),
+                    fast_candidates=1)
+    runs = invert_condition(ctx.model, ctx.prompt_ids("persona_evil", 2), setup)
+    assert all(r.exact_match for r in runs)
+    assert max(p.n_verified for r in runs for p in r.positions[1:]) > 1  # the full search took over
+
+
 def test_steered_gap_is_at_most_the_displacement_with_a_warm_start(ctx: ModelContext) -> None:
     setup = _setup(ctx)
     prompts = ctx.prompt_ids("refusal", 2)

@@ -25,7 +25,7 @@ from steerlimits.papera.inversion import PromptRun, SearchSetup, invert_conditio
 from steerlimits.papera.ranking import DecoderRank, LinearDecoder, fit_decoder
 from steerlimits.prompting import encode
 
-__all__ = ["decoder_sequences", "run_e1_e2"]
+__all__ = ["decoder_sequences", "run_e1_e2", "special_ids"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,13 @@ def decoder_sequences(ctx: ModelContext, vector: str, seed: int) -> list[list[in
     n_seq = -(-int(cfg["random_tokens"]) // 63)
     seqs += [start + torch.randint(0, vocab, (63,), generator=gen).tolist() for _ in range(n_seq)]
     return seqs
+
+
+def special_ids(tok: Any) -> tuple[int, ...]:
+    """The tokenizer's special tokens (``all_special_ids``, then other added tokens marked special, e.g. Qwen's
+    ``<|im_start|>``): the candidates tried first at position 0."""
+    extra = sorted(int(i) for i, t in getattr(tok, "added_tokens_decoder", {}).items() if getattr(t, "special", False))
+    return tuple(dict.fromkeys([int(i) for i in tok.all_special_ids] + extra))
 
 
 def _position_rows(base: dict[str, Any], run: PromptRun) -> list[dict[str, Any]]:
@@ -95,7 +102,7 @@ def run_e1_e2(ctx: ModelContext) -> dict[str, Any]:
     pa, e1, e2 = ctx.pa, ctx.pa["e1"], ctx.pa["e2"]
     model, seed = ctx.model, int(ctx.config["seed"])
     table = embedding_matrix(model).detach()
-    specials = tuple(int(i) for i in ctx.tok.all_special_ids)
+    specials = special_ids(ctx.tok)
     decoders: dict[int, LinearDecoder] = {}
     pos_rows, prompt_rows, cert_items = [], [], {}
     mode = e1["certify"].get(ctx.key, e1["certify_default"])
@@ -122,7 +129,7 @@ def run_e1_e2(ctx: ModelContext) -> dict[str, Any]:
             ({**base, "experiment": "E1", "condition": "steered", "alpha": alpha,
               "n_candidates": e1["n_candidates"]}, steered)]
         n2 = min(e2["n_prompts"], len(prompts))
-        rank2 = rank if e2["gradient_ranking"] else replace(rank, use_gradient=False)
+        rank2 = rank if e2["gradient_ranking"] else rank.decoder_only()
         setup2 = replace(setup, n_candidates=e2["n_candidates"], rank=rank2)
         sign = math.copysign(1.0, alpha)
         for c in e2["coefficients"]:

@@ -110,6 +110,12 @@ class DecoderRank:
         out.warm = warm
         return out
 
+    def decoder_only(self) -> DecoderRank:
+        """A copy without the gradient order (shares the tables)."""
+        out = copy.copy(self)
+        out.use_gradient = False
+        return out
+
     def orders(self, target_t: Tensor) -> list[Tensor]:
         """Decoder orders ``[cosine, L2]`` of all tokens ``(V,)`` for one target state ``(d,)``."""
         dots = self.table @ self.decoder.predict(target_t.detach())
