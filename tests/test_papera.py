@@ -21,6 +21,7 @@ from steerlimits.papera import claims as C
 from steerlimits.papera import tables as T
 from steerlimits.papera.certify import CertItem, certify
 from steerlimits.papera.context import ModelContext, common_prefix_len
+from steerlimits.papera.e1 import special_ids
 from steerlimits.papera.generation import directional_ablation
 from steerlimits.papera.icl import demo_pool, run_e3
 from steerlimits.papera.inversion import SearchSetup, invert_condition, natural_states
@@ -60,7 +61,7 @@ def _setup(ctx: ModelContext, n_candidates: int = 16) -> SearchSetup:
     m = LAYER + 1
     seqs = [ctx.encode("refusal", f"tell me about item {i} and its history") for i in range(12)]
     decoder = fit_decoder(ctx.model, seqs, m)
-    rank = DecoderRank(decoder, embedding_matrix(ctx.model), first_at_zero=tuple(ctx.tok.all_special_ids))
+    rank = DecoderRank(decoder, embedding_matrix(ctx.model), first_at_zero=special_ids(ctx.tok))
     return SearchSetup(measure_at=m, inject_layer=LAYER, rank=rank, n_candidates=n_candidates)
 
 
@@ -93,6 +94,22 @@ def test_decoder_rank_prefers_specials_at_zero_and_warm_tokens(ctx: ModelContext
     assert setup.rank.warm is None  # the shared rank is not modified
 
 
+def test_lazy_rank_skips_the_gradient_on_a_precheck_hit(ctx: ModelContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    import steerlimits.papera.ranking as R
+
+    setup = _setup(ctx)
+    tl = TruncatedLM(ctx.model, setup.measure_at)
+    ids = torch.tensor(ctx.encode("refusal", "hello there"))
+    target0 = tl.prefix_of(ids[:1])[1][0]
+    calls = []
+    monkeypatch.setattr(R, "gradient_order", lambda *a: calls.append(1) or torch.arange(tl.vocab_size))
+    cfg = InversionConfig(measure_at=setup.measure_at, tau_exact=1e-3)
+    order = setup.rank.lazy(32)(tl, PrefixKV(), target0, cfg)
+    assert int(order[0]) == int(ids[0]) and not calls  # the sink token is special: found without a gradient
+    setup.rank.lazy(32)(tl, PrefixKV(), target0 + 10.0, cfg)  # no match within tau: the gradient is used
+    assert calls == [1]
+
+
 # --------------------------------------------------------------------------------------------- inversion
 def test_natural_inverts_exactly_and_header_memo_matches_single_runs(ctx: ModelContext) -> None:
     setup = _setup(ctx)
@@ -106,13 +123,13 @@ def test_natural_inverts_exactly_and_header_memo_matches_single_runs(ctx: ModelC
     assert [p.topk_tokens[0] for p in alone.positions] == [p.topk_tokens[0] for p in runs[1].positions]
 
 
-def test_natural_fallback_recovers_when_the_fast_pass_misses(ctx: ModelContext) -> None:
+def test_natural_recovers_when_the_decoder_precheck_misses(ctx: ModelContext) -> None:
     from dataclasses import replace
 
     setup = _setup(ctx)
     blind = replace(setup.rank.decoder, weight=torch.zeros_like(setup.rank.decoder.weight))  # useless decoder
     setup = replace(setup, rank=DecoderRank(blind, setup.rank.table, first_at_zero=setup.rank.first_at_zero),
-                    fast_candidates=1)
+                    precheck=1)
     runs = invert_condition(ctx.model, ctx.prompt_ids("persona_evil", 2), setup)
     assert all(r.exact_match for r in runs)
     assert max(p.n_verified for r in runs for p in r.positions[1:]) > 1  # the full search took over

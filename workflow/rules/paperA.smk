@@ -40,6 +40,15 @@ if PA["enabled"]:
         raise WorkflowError(f"paperA.models {_unknown} are not in the config's models {MODELS}")
     PAPER_TARGETS.extend(list(PA_TABLES.values()) + list(PA_FIGURES.values()))
     CLAIM_TABLES.append(f"{PA_DIR}/claims.csv")
+
+_PA_COMMON = {k: PA[k] for k in ("vectors", "method", "alpha", "alpha_overrides", "layers")}
+PA_SETTINGS = {  # per rule: the settings it reads (a change reruns it)
+    "inversion": {**_PA_COMMON, **{k: PA[k] for k in ("n_prompts", "decoder", "e1", "e2")}},
+    "behaviour": {**_PA_COMMON, "max_new_tokens": PA["max_new_tokens"]},
+    "responses": {**_PA_COMMON, **{k: PA[k] for k in ("responses", "e3", "e4", "e6")}},
+    **{e: {**_PA_COMMON, "responses": PA["responses"], e: PA[e], "max_new_tokens": PA["max_new_tokens"]}
+       for e in ("e3", "e4", "e5", "e6", "e7")},
+}
 PA_VECTOR_FILES = expand(f"{RESULTS}/vectors/{{{{model}}}}/{{v}}.safetensors", v=PA_VECTORS)
 PA_RAW_ALL = {key: expand(path, model=PA_MODELS) for key, path in PA_RAW.items()}
 
@@ -56,7 +65,7 @@ rule paperA_inversion:
         certificates=PA_RAW["certificates"],
     params:
         vectors=PA_VECTORS,
-        settings=lookup(dpath="paperA", within=config),
+        settings=PA_SETTINGS["inversion"],
     log:
         f"{LOGS}/paperA/inversion/{{model}}.log",
     benchmark:
@@ -81,6 +90,7 @@ rule paperA_behaviour:
         table=PA_RAW["behaviour"],
     params:
         vectors=PA_VECTORS,
+        settings=PA_SETTINGS["behaviour"],
     log:
         f"{LOGS}/paperA/behaviour/{{model}}.log",
     benchmark:
@@ -104,6 +114,7 @@ rule paperA_responses:
         responses=f"{PA_DIR}/responses/{{model}}.json",
     params:
         vectors=PA_VECTORS,
+        settings=PA_SETTINGS["responses"],
     log:
         f"{LOGS}/paperA/responses/{{model}}.log",
     benchmark:
@@ -127,6 +138,7 @@ rule paperA_e3:
         positions=PA_RAW["e3_positions"],
     params:
         vectors=PA_VECTORS,
+        settings=PA_SETTINGS["e3"],
     log:
         f"{LOGS}/paperA/e3/{{model}}.log",
     benchmark:
@@ -151,6 +163,7 @@ rule paperA_e4:
         table=PA_RAW["e4"],
     params:
         vectors=PA_VECTORS,
+        settings=PA_SETTINGS["e4"],
     log:
         f"{LOGS}/paperA/e4/{{model}}.log",
     benchmark:
@@ -175,6 +188,7 @@ rule paperA_e5:
         generations=PA_RAW["e5_generations"],
     params:
         vectors=PA_VECTORS,
+        settings=PA_SETTINGS["e5"],
     log:
         f"{LOGS}/paperA/e5/{{model}}.log",
     benchmark:
@@ -199,6 +213,7 @@ rule paperA_e6:
         table=PA_RAW["e6"],
     params:
         vectors=PA_VECTORS,
+        settings=PA_SETTINGS["e6"],
     log:
         f"{LOGS}/paperA/e6/{{model}}.log",
     benchmark:
@@ -221,6 +236,7 @@ rule paperA_e7:
         pairs=PA_RAW["e7_pairs"],
     params:
         vectors=PA_VECTORS,
+        settings=PA_SETTINGS["e7"],
     log:
         f"{LOGS}/paperA/e7/{{model}}.log",
     benchmark:

@@ -120,12 +120,14 @@ def run_e1_e2(ctx: ModelContext) -> dict[str, Any]:
         prompts = ctx.prompt_ids(vector, pa["n_prompts"])
         nat = {i: natural_states(model, p, m, ctx.spec.layers_path) for i, p in enumerate(prompts)}
         v, alpha = ctx.vectors[vector], ctx.alpha[vector]
-        base = {"model": ctx.key, "vector": vector, "layer": l, "measure_at": m}
+        base = {"model": ctx.key, "vector": vector, "layer": l, "measure_at": m, "n_prechecked": 0}
         natural = invert_condition(model, prompts, setup, natural=nat)
         warm = {r.prompt_index: r.recovered for r in natural}
-        steered = invert_condition(model, prompts, setup, vector=v, alpha=alpha, natural=nat, warm=warm)
+        setup1 = setup if e1["gradient_ranking"] else replace(setup, rank=rank.decoder_only())
+        steered = invert_condition(model, prompts, setup1, vector=v, alpha=alpha, natural=nat, warm=warm)
         runs: list[tuple[dict[str, Any], list[PromptRun]]] = [
-            ({**base, "experiment": "E1", "condition": "natural", "alpha": 0.0, "n_candidates": 0}, natural),
+            ({**base, "experiment": "E1", "condition": "natural", "alpha": 0.0, "n_candidates": 0,
+              "n_prechecked": setup.precheck}, natural),
             ({**base, "experiment": "E1", "condition": "steered", "alpha": alpha,
               "n_candidates": e1["n_candidates"]}, steered)]
         n2 = min(e2["n_prompts"], len(prompts))

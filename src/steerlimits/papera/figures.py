@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.ticker import NullFormatter
 
 from steerlimits.plotting import set_style
 
@@ -207,8 +208,10 @@ def scale(pairs: pd.DataFrame) -> plt.Figure:
         for (label, s), colour in zip(series.items(), (STEERED[0], "#888888", "#DD8452")):
             ax.hist(s, bins=bins, alpha=0.5, color=colour, label=label, density=True)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{model} / {vector}", fontsize=9)
         ax.set_xlabel("mean per-token L2 at hidden_states[l+1]")
+        ax.set_ylabel("density")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

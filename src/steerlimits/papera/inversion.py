@@ -7,9 +7,9 @@ Per condition (natural, or ``α · v`` at the input of block ``l`` at every posi
   the attention sink, ``τ_0 = 10 · floor_0`` (position 0 is reported apart, style §5.6);
 * the template header shared by every prompt of the set (longest common prefix) has the same targets for all of
   them (causality), so it is inverted once and its recovered ids are the prefix of every prompt's own search;
-* natural targets: a fast pass over the decoder orders alone (``fast_candidates``, early exit), and from the
-  first position it misses the full search: ``mode="exhaustive"`` with early exit in
-  :class:`~steerlimits.papera.ranking.DecoderRank` order (exact; all of 𝒱 is swept if ever needed); steered targets: ``mode="ranked"`` with ``n_candidates``
+* natural targets: ``mode="exhaustive"`` with early exit in :class:`~steerlimits.papera.ranking.DecoderRank`
+  order, the gradient order computed only where the decoder's first ``precheck`` tokens hold no match (exact;
+  all of 𝒱 is swept if ever needed); steered targets: ``mode="ranked"`` with ``n_candidates``
   verified candidates per position, the first being the natural inversion's token at that position (warm
   start: the minimum found is never worse than the prompt's own token, as in an exhaustive sweep);
 * certificates are a separate pass (:mod:`steerlimits.papera.certify`) over the recovered prefixes.
@@ -48,15 +48,13 @@ class SearchSetup:
     seed: int = 0
     layers_path: str | None = None
 
-    fast_candidates: int = 64  # natural targets: decoder-only candidates tried before the full search
+    precheck: int = 32  # natural targets: decoder-ordered tokens verified before any gradient order
 
     def config(self, kind: str, tau: float) -> InversionConfig:
         common = dict(measure_at=self.measure_at, batch_size=self.batch_size, top_k=self.top_k, tau_exact=tau,
                       seed=self.seed, layers_path=self.layers_path, screen_safety=self.screen_safety)
         if kind == "natural":
             return InversionConfig(mode="exhaustive", early_exit=True, **common)
-        if kind == "fast":
-            return InversionConfig(mode="ranked", n_candidates=self.fast_candidates, early_exit=True, **common)
         return InversionConfig(mode="ranked", n_candidates=self.n_candidates, early_exit=False, **common)
 
 
@@ -101,33 +99,12 @@ def _shift(results: Sequence[PositionResult], offset: int) -> list[PositionResul
 
 def _search(model: nn.Module, target: Tensor, setup: SearchSetup, kind: str, tau: float, prefix: Sequence[int],
             floor: Tensor, rank: DecoderRank) -> tuple[list[int], list[PositionResult]]:
-    """:func:`~steerlimits.invert.invert` over ``target (T, d)`` after ``prefix``. For natural targets: a fast
-    pass over the decoder orders alone (``fast_candidates``, early exit); a position it does not match within
-    ``tau`` gets the full search (decoder + gradient orders, exhaustive with early exit) given the recovered
-    prefix, and the fast pass resumes after it."""
-    def run(k: str, lo: int, hi: int, pre: Sequence[int], rk: DecoderRank) -> list[PositionResult]:
-        res = invert(model, target[lo:hi], setup.config(k, tau), prefix_ids=torch.tensor(list(pre), dtype=torch.long),
-                     floor=floor[lo:hi], rank_fn=rk, progress=False)
-        return _shift(res.positions, lo)
-
-    n = target.shape[0]
-    if kind != "natural" or setup.fast_candidates < 1:
-        positions = run(kind, 0, n, prefix, rank)
-        return [p.chosen_token for p in positions], positions
-    fast, positions = rank.decoder_only(), []
-    while len(positions) < n:
-        lo = len(positions)
-        pre = list(prefix) + [p.chosen_token for p in positions]
-        chunk = run("fast", lo, n, pre, fast)
-        bad = next((i for i, p in enumerate(chunk) if p.topk_dist[0] > tau), None)
-        if bad is None:
-            positions += chunk
-            break
-        positions += chunk[:bad]
-        logger.info("fast pass missed position %d: full search there", lo + bad)
-        pre = list(prefix) + [p.chosen_token for p in positions]
-        positions += run("natural", lo + bad, lo + bad + 1, pre, rank)
-    return [p.chosen_token for p in positions], positions
+    """One :func:`~steerlimits.invert.invert` call over ``target (T, d)`` after ``prefix``; natural targets use the
+    lazy ranking (gradient order only where the decoder's first ``precheck`` tokens miss)."""
+    rk = rank.lazy(setup.precheck) if kind == "natural" and setup.precheck > 0 else rank
+    res = invert(model, target, setup.config(kind, tau), prefix_ids=torch.tensor(list(prefix), dtype=torch.long),
+                 floor=floor, rank_fn=rk, progress=False)
+    return list(res.ids), list(res.positions)
 
 
 def invert_condition(model: nn.Module, prompts: Sequence[Sequence[int]], setup: SearchSetup, *,

@@ -91,6 +91,10 @@ class DecoderRank:
 
     ``first_at_zero``: tokens tried first at position 0 (the tokenizer's special ids); ``warm``: absolute
     position -> tokens tried first there (a steered search's warm start). The position is ``prefix.length``.
+    ``precheck`` (natural targets, :meth:`lazy`): the first tokens of the decoder order are verified here, and the
+    gradient order (a forward and backward pass) is computed only where none matches within ``tau_exact``; the
+    engine then re-verifies the match in its first batch. The candidates evaluated here are not counted in the
+    engine's ``n_verified``; the rule's sidecar records ``precheck``.
     """
 
     decoder: LinearDecoder
@@ -98,6 +102,7 @@ class DecoderRank:
     use_gradient: bool = True
     first_at_zero: tuple[int, ...] = ()
     warm: Mapping[int, Sequence[int]] | None = None
+    precheck: int = 0  # > 0: verify this many decoder-ordered tokens first; the gradient only if none is exact
 
     def __post_init__(self) -> None:
         self.table = self.table.detach()
@@ -116,6 +121,13 @@ class DecoderRank:
         out.use_gradient = False
         return out
 
+    def lazy(self, precheck: int = 32) -> DecoderRank:
+        """A copy that computes the gradient order only where the first ``precheck`` decoder-ordered tokens
+        contain no match within ``config.tau_exact`` (natural targets: the match is then tried first)."""
+        out = copy.copy(self)
+        out.precheck = precheck
+        return out
+
     def orders(self, target_t: Tensor) -> list[Tensor]:
         """Decoder orders ``[cosine, L2]`` of all tokens ``(V,)`` for one target state ``(d,)``."""
         dots = self.table @ self.decoder.predict(target_t.detach())
@@ -123,11 +135,23 @@ class DecoderRank:
 
     def __call__(self, tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, config: InversionConfig) -> Tensor:
         orders = self.orders(target_t)
-        if self.use_gradient:
-            orders.append(gradient_order(tl, prefix, target_t, config))
-        order = _interleave(orders)
         first = list(self.first_at_zero) if prefix.length == 0 else []
         first += list((self.warm or {}).get(prefix.length, []))
+        order = _interleave(orders)
+        if self.use_gradient and self.precheck > 0 and config.tau_exact is not None:
+            head = torch.cat([torch.tensor(first, dtype=torch.long), order])[:self.precheck]
+            with torch.no_grad():
+                dist = torch.linalg.vector_norm(tl.score(prefix, head.to(target_t.device)) - target_t, dim=-1)
+            if float(dist.min()) <= config.tau_exact:
+                first = [int(head[int(dist.argmin())])] + first
+                return self._head_first(order, first, target_t)
+        if self.use_gradient:
+            orders.append(gradient_order(tl, prefix, target_t, config))
+            order = _interleave(orders)
+        return self._head_first(order, first, target_t)
+
+    @staticmethod
+    def _head_first(order: Tensor, first: Sequence[int], target_t: Tensor) -> Tensor:
         if first:
             head = torch.tensor(list(dict.fromkeys(first)), dtype=torch.long)
             order = torch.cat([head, order[~torch.isin(order, head)]])

@@ -23,18 +23,20 @@ def _std(x: pd.Series) -> float:
 def inversion_summary(prompts: pd.DataFrame, positions: pd.DataFrame, certificates: pd.DataFrame) -> pd.DataFrame:
     """A-T1: one row per model × vector × coefficient × condition of E1."""
     pr, po = prompts[prompts["experiment"] == "E1"], positions[positions["experiment"] == "E1"]
-    po1 = po[po["position"] >= 1]
     a = pr.groupby(KEYS, sort=False).agg(
         n_prompts=("prompt", "size"), exact_match=("exact_match", "mean"), token_accuracy=("token_accuracy", "mean"),
         noise_floor=("max_floor", "mean"), tau_exact=("tau", "mean"), tau0=("tau0", "mean"),
         mse_recovered_to_steered=("mse_recovered_to_target", "mean"),
         mse_recovered_to_natural=("mse_recovered_to_natural", "mean"), n_candidates=("n_candidates", "first"),
         layer=("layer", "first"), refusal_trained=("refusal_trained", "first"))
-    b = po1.assign(ratio=po1["top1"] / po1["tau"], frac=po1["n_verified"] / po1["vocab_size"]).groupby(KEYS).agg(
+    work = po["n_verified"] + (po["n_prechecked"] if "n_prechecked" in po else 0)  # float32 evaluations
+    po = po.assign(frac=work / po["vocab_size"])
+    po1 = po[po["position"] >= 1]
+    b = po1.assign(ratio=po1["top1"] / po1["tau"]).groupby(KEYS).agg(
         top1_mean=("top1", "mean"), top1_std=("top1", "std"), top2_mean=("top2", "mean"), top2_std=("top2", "std"),
         delta_h_per_token=("delta_h", "mean"), max_top1_over_tau=("ratio", "max"),
         vocab_fraction_verified=("frac", "mean"))
-    c = po.assign(frac=po["n_verified"] / po["vocab_size"], pos0=po["top1"].where(po["position"] == 0)).groupby(
+    c = po.assign(pos0=po["top1"].where(po["position"] == 0)).groupby(
         KEYS).agg(top1_pos0_mean=("pos0", "mean"), vocab_fraction_verified_incl_pos0=("frac", "mean"))
     out = a.join(b).join(c)
     if len(certificates):
