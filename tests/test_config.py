@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 import time
@@ -68,6 +67,19 @@ def test_check_config_refuses_and_names_key(mutate, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
         check_config(cfg)
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize(("scorer", "ok"), [("hf:facebook/bart-large-mnli:politeness", True),
+                                             ("hf:cardiffnlp/twitter-roberta-base-sentiment-latest", True),
+                                             ("hf:facebook/bart-large-mnli:", False), ("hf:no-slash", False)])
+def test_hub_scorer_names_with_trait_suffix(scorer: str, ok: bool) -> None:
+    cfg = _load("default.yaml")
+    cfg["steering"]["dose_response"]["scorer"]["sentiment"] = scorer
+    if ok:
+        check_config(cfg)
+    else:
+        with pytest.raises(ConfigError, match="scorer.sentiment"):
+            check_config(cfg)
 
 
 def _snakemake(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -94,8 +94,9 @@ def test_persona_files() -> None:
 def test_traits_are_minimal_pairs_over_distinct_contexts() -> None:
     rows = _read("traits")
     by_trait = Counter(r["trait"] for r in rows)
-    assert set(by_trait) == {"sentiment", "formality"}
-    assert all(n >= 48 for n in by_trait.values())
+    assert set(by_trait) == set(D.TRAITS) == {"sentiment", "formality", "politeness", "agreeableness", "truthfulness"}
+    assert by_trait["sentiment"] >= 48 and by_trait["formality"] >= 48
+    assert all(by_trait[t] >= 30 for t in ("politeness", "agreeableness", "truthfulness")), by_trait
     for trait in by_trait:
         contexts = [r["context"] for r in rows if r["trait"] == trait]
         assert len(contexts) == len(set(contexts)), trait
@@ -158,7 +159,7 @@ def test_load_records_returns_dataset() -> None:
 @pytest.mark.parametrize("behaviour", D.BEHAVIOURS)
 def test_contrast_pairs_shapes(behaviour: str) -> None:
     pairs = D.contrast_pairs(behaviour, DATA)
-    assert len(pairs) >= 40
+    assert len(pairs) >= (30 if behaviour in ("politeness", "agreeableness", "truthfulness") else 40)
     for p in pairs:
         assert isinstance(p, D.PromptPair)
         assert p.positive.user and p.negative.user and p.positive != p.negative
@@ -193,7 +194,7 @@ def test_persona_pairs_share_question_and_split_systems() -> None:
 
 def test_trait_pairs_point_to_positive_side() -> None:
     rows = _read("traits")
-    for trait in ("sentiment", "formality"):
+    for trait in D.TRAITS:
         pairs = D.contrast_pairs(trait, DATA)
         expected = [(r["positive"], r["negative"]) for r in rows if r["trait"] == trait]
         assert [(p.positive.user, p.negative.user) for p in pairs] == expected
@@ -208,7 +209,7 @@ def test_test_prompts() -> None:
     persona = D.test_prompts("persona_evil", DATA)
     assert len(persona) == 10 and all(p.system is None for p in persona)
     stems = D.neutral_stems(DATA)
-    for trait in ("sentiment", "formality"):
+    for trait in D.TRAITS:
         assert [p.user for p in D.test_prompts(trait, DATA)] == stems
 
 
@@ -237,7 +238,7 @@ def test_unknown_names_raise() -> None:
     with pytest.raises(ValueError, match="persona_evil"):
         D.contrast_pairs("evil", DATA)
     with pytest.raises(ValueError, match="refusal"):
-        D.test_prompts("politeness", DATA)
+        D.test_prompts("humour", DATA)
     with pytest.raises(ValueError, match="traits"):
         D.load_records("advbench", DATA)
     with pytest.raises(ValueError, match="sentiment_validation"):

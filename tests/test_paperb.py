@@ -250,6 +250,18 @@ def test_e4_offsets_norm_matched(planted) -> None:
             assert float(pert.norm()) == pytest.approx(float(v.norm()), rel=1e-5)
 
 
+def test_e4_other_trait_control_replaces_v_at_its_norm(planted) -> None:
+    v, bases = planted
+    w = torch.randn(v.numel(), generator=torch.Generator().manual_seed(3), dtype=v.dtype) * 7.0
+    conds = plan_offsets(v, bases, ["random_orth"], alpha=2.0, n_u=1, n_r=1, seed=1, others={"formality": w})
+    other = [c for c in conds if c["condition"] == "other"]
+    assert len(other) == 1 and other[0]["family"] == "formality"
+    off = other[0]["offset"]
+    assert float(off.norm()) == pytest.approx(2.0 * float(v.norm()), rel=1e-6)  # α‖v‖, not ‖w‖
+    assert float(torch.nn.functional.cosine_similarity(off, w, dim=0)) == pytest.approx(1.0, abs=1e-6)
+    assert [c["condition"] for c in plan_offsets(v, bases, [], alpha=1.0, n_u=1, n_r=0, seed=1)] == ["zero", "v"]
+
+
 def test_e7_layers_and_streaming_covariance() -> None:
     assert N.e7_layers(30, 15) == {7: "L/4", 15: "L/2", 22: "3L/4"}
     assert N.e7_layers(30, 16) == {7: "L/4", 15: "L/2", 16: "steer", 22: "3L/4"}
@@ -315,3 +327,21 @@ def test_per_row_vectors_must_match_the_batch(tiny_llama) -> None:
         plain = model(input_ids=ids[:1]).logits
     torch.testing.assert_close(both[0], plain[0])  # a zero row leaves its row bit-identical
     assert float((both[1] - plain[0]).abs().max()) > 1e-3
+
+
+def test_f8_greys_only_panels_where_b0_fails() -> None:
+    from steerlimits.paperb.figures import f8_efficacy
+
+    rows = []
+    for trait, d0 in (("sentiment", 0.9), ("formality", 0.2)):
+        rows.append({"model": "m", "trait": trait, "condition": "v", "seed": np.nan, "family": np.nan,
+                     "cohens_d": d0, "efficacy": 1.0, "eff_ci_low": 1.0, "eff_ci_high": 1.0})
+        for fam in ("null_jac", "null_cov", "random_orth", "active"):
+            rows.append({"model": "m", "trait": trait, "condition": f"v+u[{fam}]", "seed": "pooled", "family": fam,
+                         "cohens_d": 0.0, "efficacy": 0.9, "eff_ci_low": 0.8, "eff_ci_high": 1.0})
+    fig = f8_efficacy(pd.DataFrame(rows))
+    by_title = {ax.get_title(): ax for ax in fig.axes}
+    ok, bad = by_title["m · sentiment"], by_title["m · formality"]
+    assert [t.get_text() for t in ok.texts] == []
+    assert any("B0 fails" in t.get_text() and "0.20" in t.get_text() for t in bad.texts)
+    assert bad.get_facecolor() != ok.get_facecolor()

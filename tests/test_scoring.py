@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from steerlimits import corpora, scoring
+from steerlimits import corpora, scorer_validation, scoring
 from steerlimits.provenance import sidecar_path
 from steerlimits.scoring import (
     HUB_SPECS,
@@ -222,7 +222,7 @@ def test_validate_table(heads: Path, tmp_path: Path) -> None:
     pd.DataFrame({"id": ["r0", "r1"], "label": ["refusal", "compliance"],
                   "text": ["I'm sorry, but I can't help with that.", "Sure, here are the steps."]}
                  ).to_json(tmp_path / "refusal_responses.jsonl", orient="records", lines=True)
-    df = scoring.validate(heads, n_test=30, seed=0, data_dir=tmp_path)
+    df = scorer_validation.validate(heads, n_test=30, seed=0, data_dir=tmp_path)
     assert list(df.columns) == ["scorer", "test_set", "n", "accuracy", "baseline", "zero_rate"]
     rows = {(r.scorer, r.test_set): r for r in df.itertuples()}
     assert rows[("sentiment", "tweets_heldout_3class")].n == 30

@@ -147,3 +147,17 @@ def test_compare_bundles_consistent_values() -> None:
     assert c.tost_p == pytest.approx(st.tost(a, b))
     assert set(c.to_dict()) >= {"n1", "n2", "mean1", "mean2", "cohens_d", "d_ci_low", "d_ci_high",
                                 "welch_p", "tost_p"}
+
+
+def test_js_distance_bounds_and_scipy() -> None:
+    from scipy.spatial.distance import jensenshannon
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(0, 1, 300), rng.normal(1, 1, 200)
+    lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+    p = np.histogram(x, 10, (lo, hi))[0] / x.size
+    q = np.histogram(y, 10, (lo, hi))[0] / y.size
+    assert st.js_distance(x, y) == pytest.approx(float(jensenshannon(p, q, base=2)), rel=1e-9)
+    assert st.js_distance(x, x) == 0.0
+    assert st.js_distance([0.0, 0.1, 0.2], [5.0, 5.1, 5.2]) == pytest.approx(1.0)  # disjoint supports
+    assert st.js_distance([1.0, 1.0], [1.0]) == 0.0 and math.isnan(st.js_distance([], [1.0]))

@@ -6,7 +6,7 @@ import torch
 
 from steerlimits.data import Prompt
 from steerlimits.prompting import encode_all, left_pad
-from steerlimits.steer import GenerationConfig, generate
+from steerlimits.steer import GenerationConfig, generate, shipped_decoding
 
 PROMPTS = [Prompt("Tell me about the harbour"), Prompt("A short note on the weather in spring, please"),
            Prompt("Why"), Prompt("Describe the old library on the hill in a few words")]
@@ -64,3 +64,42 @@ def test_limit_keeps_first_jobs(tiny_llama) -> None:
     assert len(full) == 8 and len(part) == 5
     assert [(g.prompt_index, g.sample, g.continuation) for g in part] == \
         [(g.prompt_index, g.sample, g.continuation) for g in full[:5]]
+
+
+def test_explicit_decoding_is_really_explicit_and_faithful_uses_shipped_defaults(tiny_llama, monkeypatch) -> None:
+    """Trap: leaving top_k unset lets transformers apply top-k 50; explicit decoding must switch it off."""
+    from steerlimits.paperb.steps import decoding_settings
+
+    model, tok = tiny_llama
+    seen: list[set[str]] = []
+    original = model._get_logits_processor
+
+    def spy(*args, **kwargs):
+        procs = original(*args, **kwargs)
+        seen.append({type(p).__name__ for p in procs})
+        return procs
+
+    monkeypatch.setattr(model, "_get_logits_processor", spy)
+    ids = encode_all(tok, PROMPTS[:2], "raw")
+    pb = {"top_p": 1.0, "decoding": "explicit"}
+    explicit = decoding_settings(pb, model)
+    assert explicit["top_k"] is None and explicit["repetition_penalty"] is None
+    generate(model, tok, ids, GenerationConfig(max_new_tokens=2, batch_size=2), progress=False)
+    assert seen[-1] == {"TemperatureLogitsWarper"}
+
+    faithful = decoding_settings({**pb, "decoding": "faithful"}, model)
+    assert faithful["top_k"] == 50 and faithful["source"]["top_k"] == "transformers global default"
+    cfg = GenerationConfig(max_new_tokens=2, batch_size=2, top_k=faithful["top_k"], top_p=faithful["top_p"],
+                           repetition_penalty=faithful["repetition_penalty"])
+    generate(model, tok, ids, cfg, progress=False)
+    assert "TopKLogitsWarper" in seen[-1]
+
+    monkeypatch.setattr(model.generation_config, "top_k", 20)
+    monkeypatch.setattr(model.generation_config, "repetition_penalty", 1.05)
+    shipped = shipped_decoding(model)
+    assert shipped["top_k"] == 20 and shipped["repetition_penalty"] == 1.05
+    assert shipped["source"]["top_k"] == "checkpoint generation_config"
+    cfg = GenerationConfig(max_new_tokens=2, batch_size=2, top_k=shipped["top_k"], top_p=shipped["top_p"],
+                           repetition_penalty=shipped["repetition_penalty"])
+    generate(model, tok, ids, cfg, progress=False)
+    assert {"TopKLogitsWarper", "RepetitionPenaltyLogitsProcessor"} <= seen[-1]

@@ -14,7 +14,7 @@ from steerlimits.models import PACKAGED, AssetError, ModelSpec, spec_from_config
 
 __all__ = ["ConfigError", "check_config", "derive_seed", "layer_for", "model_specs", "prompt_format", "scorer_for"]
 
-SCORER_RE = re.compile(r"^(sentiment|formality|refusal|offensiveness|vader|textblob|hf:[\w.\-]+/[\w.\-]+)$")
+SCORER_RE = re.compile(r"^(sentiment|formality|refusal|offensiveness|vader|textblob|hf:[\w.\-]+/[\w.\-]+(?::\w+)?)$")
 
 
 class ConfigError(ValueError):

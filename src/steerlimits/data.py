@@ -6,9 +6,9 @@ The data folder is resolved in this order: the ``data_dir`` argument, the enviro
 for the schema and intended use of every file.
 
 Contrast pairs follow one convention: ``PromptPair.positive`` is the side the steering vector points *to*
-(harmful, evil, positive sentiment, formal) and ``PromptPair.negative`` the side it points away from, so a
-difference-of-means vector is ``mean(act(positive)) - mean(act(negative))``. Prompts are returned as plain
-(system, user) text; the caller applies a chat template or a raw-text frame.
+(harmful, evil, positive sentiment, formal, polite, agreeable, accurate) and ``PromptPair.negative`` the side it
+points away from, so a difference-of-means vector is ``mean(act(positive)) - mean(act(negative))``. Prompts are
+returned as plain (system, user) text; the caller applies a chat template or a raw-text frame.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ __all__ = [
     "LABELLED_FILES",
     "Prompt",
     "PromptPair",
+    "TRAITS",
     "contrast_pairs",
     "data_dir_path",
     "environments",
@@ -38,7 +39,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BEHAVIOURS: tuple[str, ...] = ("refusal", "persona_evil", "sentiment", "formality")
+# paper B's five traits (spec B §3) are the records of traits.jsonl; politeness, agreeableness and truthfulness are
+# scored only by the hub zero-shot classifier, so the offline default config uses sentiment and formality
+TRAITS: tuple[str, ...] = ("sentiment", "formality", "politeness", "agreeableness", "truthfulness")
+BEHAVIOURS: tuple[str, ...] = ("refusal", "persona_evil", *TRAITS)
 
 # file stem -> columns every record must have
 DATA_FILES: dict[str, tuple[str, ...]] = {
@@ -88,9 +92,11 @@ class PromptPair:
     Attributes
     ----------
     positive : Prompt
-        The side the vector points to (harmful / evil / positive sentiment / formal).
+        The side the vector points to (harmful / evil / positive sentiment / formal / polite / agreeable /
+        accurate).
     negative : Prompt
-        The opposite side (harmless / helpful / negative sentiment / informal).
+        The opposite side (harmless / helpful / negative sentiment / informal / rude / disagreeable /
+        plausible but inaccurate).
     """
 
     positive: Prompt
@@ -176,8 +182,9 @@ def contrast_pairs(behaviour: str, data_dir: str | Path | None = None) -> list[P
         One of ``BEHAVIOURS``:
         ``"refusal"`` pairs train harmful[i] with train harmless[i] (truncated to the shorter list), no system
         prompt; ``"persona_evil"`` pairs, for train question k, (evil_system[k % n_evil], q_k) with
-        (helpful_system[k % n_helpful], q_k); ``"sentiment"`` / ``"formality"`` pair the positive with the
-        negative instruction of each trait record, no system prompt.
+        (helpful_system[k % n_helpful], q_k); a trait of ``TRAITS`` (``"sentiment"``, ``"formality"``,
+        ``"politeness"``, ``"agreeableness"``, ``"truthfulness"``) pairs the positive with the negative
+        instruction of each of its ``traits.jsonl`` records, no system prompt.
     data_dir : str | Path | None
         Data folder override.
 
@@ -213,7 +220,7 @@ def test_prompts(behaviour: str, data_dir: str | Path | None = None) -> list[Pro
     ----------
     behaviour : str
         ``"refusal"``: the held-out harmful test requests; ``"persona_evil"``: the held-out test questions (no
-        system prompt); ``"sentiment"`` / ``"formality"``: the neutral stems.
+        system prompt); a trait of ``TRAITS``: the neutral stems.
     data_dir : str | Path | None
         Data folder override.
 

@@ -101,12 +101,12 @@ def load_vector(path: str | Path, method: str, layer: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------- scorers
 def train_and_validate_scorers(config: Mapping[str, Any], heads_dir: str | Path, validation_csv: str | Path) -> None:
-    from steerlimits import scoring
+    from steerlimits import scorer_validation, scoring
 
     scfg = config["scorers"]
     seed = derive_seed(config["seed"], "scorers")
     scoring.train_heads(Path(heads_dir), n_train=scfg["n_train"], seed=seed)
-    table = scoring.validate(Path(heads_dir), n_test=scfg["n_test"], seed=seed)
+    table = scorer_validation.validate(Path(heads_dir), n_test=scfg["n_test"], seed=seed)
     table = table[table["scorer"].isin(scfg["validate"])]
     meta = _meta(config, seed=seed, n_train=scfg["n_train"], n_test=scfg["n_test"],
                  note="held-out test sets are disjoint from training data; offline scorers are substitutes")

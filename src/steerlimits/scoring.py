@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from steerlimits import corpora
-from steerlimits.provenance import REPO_ROOT, provenance, sidecar_path, write_with_sidecar
+from steerlimits.provenance import provenance, sidecar_path, write_with_sidecar
 
 __all__ = [
     "MAX_CHARS",
@@ -49,12 +49,12 @@ __all__ = [
     "formality_training_set",
     "head_path",
     "sentiment_training_set",
+    "load_head",
     "load_scorer",
     "map_classification",
     "map_zero_shot",
     "is_refusal",
     "train_heads",
-    "validate",
 ]
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ def head_path(heads_dir: Path, name: str) -> Path:
     return Path(heads_dir) / f"{name}_head.joblib"
 
 
-def _load_head(info: ScorerInfo, heads_dir: Path) -> HeadScorer:
+def load_head(info: ScorerInfo, heads_dir: Path) -> HeadScorer:
     import joblib
     import sklearn
 
@@ -456,114 +456,9 @@ def load_scorer(name: str, heads_dir: Path | None = None) -> Scorer:
     if name in HUB_SPECS:
         return HubScorer(name, HUB_SPECS[name])
     if name in ("sentiment", "formality"):
-        return _load_head(info, heads_dir if heads_dir is not None else default_heads_dir())
+        return load_head(info, heads_dir if heads_dir is not None else default_heads_dir())
     fns: dict[str, Callable[[], Callable[[list[str]], np.ndarray]]] = {
         "refusal": lambda: _refusal, "offensiveness": lambda: _offensiveness,
         "vader": _vader_fn, "textblob": lambda: _textblob,
     }
     return _FnScorer(info, fns[name]())
-
-
-# ---------------------------------------------------------------------------------------------- validation
-def _read_jsonl(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
-        log.warning("validation file %s is missing; its rows get n=0, accuracy NaN", path)
-        return None
-    return pd.read_json(path, lines=True, dtype=False)
-
-
-_COLUMNS = ["scorer", "test_set", "n", "accuracy", "baseline", "zero_rate"]
-
-
-def _row(scorer: str, test_set: str, correct: np.ndarray | None, baseline: float = float("nan"),
-         scores: np.ndarray | None = None) -> dict[str, Any]:
-    nan = float("nan")
-    if correct is None or len(correct) == 0:
-        return dict(zip(_COLUMNS, [scorer, test_set, 0, nan, baseline, nan], strict=True))
-    zero = float(np.mean(np.asarray(scores) == 0.0)) if scores is not None else nan
-    return dict(zip(_COLUMNS, [scorer, test_set, int(len(correct)), float(np.mean(correct)), baseline, zero],
-                    strict=True))
-
-
-def _majority(labels: pd.Series) -> float:
-    return float(labels.value_counts(normalize=True).iloc[0])
-
-
-def validate(heads_dir: Path, *, n_test: int, seed: int, data_dir: Path | None = None) -> pd.DataFrame:
-    """Accuracy of every offline scorer on data never used in training.
-
-    Sign accuracy (sentiment, vader, textblob, formality): a score of exactly 0 counts as wrong; the
-    sentiment ``*_forced`` rows decide positive iff P(positive) > P(negative), ignoring the neutral class
-    (comparable with a binary classifier). ``zero_rate`` is the share of scores exactly 0 in sign rows
-    (neutral argmax for ``sentiment``, no lexicon hit for ``vader``/``textblob``).
-    ``baseline`` is the majority-class rate (0.5 for pairs). Tweets and formal sentences come from the
-    held-out partition (:data:`steerlimits.corpora.HELDOUT_RULE`); ``data_dir`` (default ``<repo>/data``)
-    holds the project's hand-written JSONL sets. Returns columns scorer, test_set, n, accuracy, baseline,
-    zero_rate.
-    """
-    data_dir = Path(data_dir) if data_dir is not None else REPO_ROOT / "data"
-    rng = np.random.default_rng(seed)
-    held = corpora.tweet_split("heldout")
-    t3 = held.iloc[rng.permutation(len(held))[:n_test]]
-    pn_pool = held[held["label"] != "neutral"]
-    pn = pn_pool.iloc[rng.permutation(len(pn_pool))[:n_test]]
-    rows: list[dict[str, Any]] = []
-
-    sent = _load_head(SCORERS["sentiment"], heads_dir)
-    p3 = sent.estimator.predict_proba(embed(t3["text"].tolist(), cache=True))
-    pred = np.asarray(sent.classes)[p3.argmax(axis=1)]
-    rows.append(_row("sentiment", "tweets_heldout_3class", pred == t3["label"].to_numpy(),
-                     _majority(t3["label"])))
-    proj = _read_jsonl(data_dir / "sentiment_validation.jsonl")
-    if proj is not None:
-        proj = proj[proj["label"].str.lower().isin(["positive", "negative"])]
-    sign_sets = {"tweets_heldout_posneg": pn, "pang_lee": corpora.pang_lee(),
-                 "project_sentiment_validation": proj}
-    for name in ("sentiment", "vader", "textblob"):
-        scorer = None if name == "sentiment" else load_scorer(name)
-        for set_name, df in sign_sets.items():
-            if df is None:
-                rows.append(_row(name, set_name, None))
-                continue
-            texts, labels = df["text"].tolist(), df["label"].str.lower()
-            truth = np.where(labels.to_numpy() == "positive", 1.0, -1.0)
-            if scorer is None:  # sign of the score (neutral = 0 = wrong), and forced P(pos) vs P(neg)
-                p = sent.estimator.predict_proba(embed(texts, cache=True))
-                s = sent.from_proba(p)
-                forced = p[:, sent.classes.index("positive")] > p[:, sent.classes.index("negative")]
-                rows.append(_row(name, set_name + "_forced", np.where(forced, 1.0, -1.0) == truth,
-                                 _majority(labels)))
-            else:
-                s = scorer.score(texts)
-            rows.append(_row(name, set_name, np.sign(s) == truth, _majority(labels), s))
-
-    form = _load_head(SCORERS["formality"], heads_dir)
-    n_inf = n_test // 2
-    inf = t3["text"].tolist()[:n_inf]
-    fml = corpora.formal_split("heldout", seed)[: n_test - n_inf]
-    s = form.score(inf + fml)
-    truth = np.r_[-np.ones(len(inf)), np.ones(len(fml))]
-    rows.append(_row("formality", "tweets_vs_formal_heldout", np.sign(s) == truth,
-                     max(len(inf), len(fml)) / max(len(s), 1), s))
-    pairs = _read_jsonl(data_dir / "formality_validation.jsonl")
-    if pairs is None:
-        rows += [_row("formality", "project_formality_pairs", None),
-                 _row("formality", "project_formality_sentences", None)]
-    else:
-        sf, si = form.score(pairs["formal"].tolist()), form.score(pairs["informal"].tolist())
-        rows.append(_row("formality", "project_formality_pairs", sf > si, 0.5))
-        rows.append(_row("formality", "project_formality_sentences", np.r_[sf > 0, si < 0], 0.5,
-                         np.r_[sf, si]))
-
-    for name, fname, set_name, pos, thr in (
-        ("refusal", "refusal_responses.jsonl", "project_refusal_responses", "refusal", 0.5),
-        ("offensiveness", "offensive_validation.jsonl", "project_offensive_validation", "offensive", 0.5),
-    ):
-        df = _read_jsonl(data_dir / fname)
-        if df is None:
-            rows.append(_row(name, set_name, None))
-            continue
-        labels = df["label"].str.lower()
-        s = load_scorer(name).score(df["text"].tolist())
-        rows.append(_row(name, set_name, (s > thr) == (labels == pos).to_numpy(), _majority(labels)))
-    return pd.DataFrame(rows, columns=_COLUMNS)

@@ -29,6 +29,7 @@ __all__ = [
     "efficacy",
     "efficacy_ci",
     "efficacy_raw",
+    "js_distance",
     "mean_ci",
     "pooled_sd",
     "spearman",
@@ -252,6 +253,27 @@ def spearman(x: ArrayLike, y: ArrayLike) -> tuple[float, float]:
         return math.nan, math.nan
     res = sps.spearmanr(a, b)
     return float(res.statistic), float(res.pvalue)
+
+
+def js_distance(a: ArrayLike, b: ArrayLike, *, bins: int = 10) -> float:
+    """Jensen–Shannon distance (base 2, in [0, 1]) between the ``bins``-bin histograms of ``a`` and ``b`` on one
+    shared range (min to max of both samples), as paper B's E6; nan when a sample is empty, 0 when both are one
+    constant."""
+    x, y = _as_1d(a, "a"), _as_1d(b, "b")
+    if x.size == 0 or y.size == 0:
+        return math.nan
+    lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
+    if lo == hi:
+        return 0.0
+    p = np.histogram(x, bins=bins, range=(lo, hi))[0] / x.size
+    q = np.histogram(y, bins=bins, range=(lo, hi))[0] / y.size
+    m = 0.5 * (p + q)
+
+    def kl(r: np.ndarray) -> float:
+        nz = r > 0
+        return float(np.sum(r[nz] * np.log2(r[nz] / m[nz])))
+
+    return math.sqrt(max(0.5 * kl(p) + 0.5 * kl(q), 0.0))
 
 
 @dataclass

@@ -19,16 +19,36 @@ from tqdm.auto import tqdm
 from steerlimits.hooks import Positions, add_vector
 from steerlimits.prompting import left_pad, pad_id
 
-__all__ = ["Generation", "GenerationConfig", "generate"]
+__all__ = ["Generation", "GenerationConfig", "generate", "shipped_decoding"]
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
+    """Explicit decoding: ``top_k`` and ``repetition_penalty`` None mean off (never a library default)."""
+
     max_new_tokens: int = 24
     temperature: float = 0.8  # 0 = greedy
     top_p: float = 1.0
     batch_size: int = 32
     seed: int = 0
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+
+
+def shipped_decoding(model: Any) -> dict[str, Any]:
+    """The sampling settings ``model.generate()`` applies when the caller leaves them unset (what the papers' code
+    got): the checkpoint's ``generation_config`` where it sets top-p, top-k and repetition penalty, otherwise
+    transformers' global defaults (top-k 50, top-p 1, repetition penalty 1). ``source`` says which, per key."""
+    from transformers import GenerationConfig as HFGenerationConfig
+
+    shipped = getattr(model, "generation_config", None)
+    defaults = HFGenerationConfig._get_default_generation_params()
+    out: dict[str, Any] = {"source": {}}
+    for key in ("top_p", "top_k", "repetition_penalty"):
+        value = getattr(shipped, key, None) if shipped is not None else None
+        out[key] = value if value is not None else defaults[key]
+        out["source"][key] = "checkpoint generation_config" if value is not None else "transformers global default"
+    return out
 
 
 @dataclass(frozen=True)
@@ -81,7 +101,7 @@ def generate(model: Any, tok: Any, prompts: Sequence[Sequence[int]], cfg: Genera
         sampling = cfg.temperature > 0
         kwargs: dict[str, Any] = dict(
             max_new_tokens=cfg.max_new_tokens, do_sample=sampling, pad_token_id=pid, eos_token_id=eos,
-            top_k=None, repetition_penalty=None,
+            top_k=cfg.top_k, repetition_penalty=cfg.repetition_penalty,
         )
         if sampling:
             kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p)

@@ -45,7 +45,6 @@ def paper_a_claims(t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     pr, po, ce = t["prompts"], t["positions"], t["certificates"]
     for (model, vector), _ in pr.groupby(["model", "vector"], sort=False):
         nat = _sel(pr, model=model, vector=vector, experiment="E1", condition="natural")
-        ste = _sel(pr, model=model, vector=vector, experiment="E1", condition="steered")
         pn = _sel(po, model=model, vector=vector, experiment="E1", condition="natural")
         ps = _sel(po, model=model, vector=vector, experiment="E1", condition="steered")
         pn, ps = pn[pn["position"] >= 1], ps[ps["position"] >= 1]

@@ -173,14 +173,21 @@ def e3(config: Mapping[str, Any], model: str, vectors: Mapping[str, str], respon
     write_csv(out["positions"], pd.concat([p["positions"] for p in parts], ignore_index=True), meta)
 
 
-def e4(config: Mapping[str, Any], model: str, vectors: Mapping[str, str], responses_json: str, out: str) -> None:
-    from steerlimits.papera.optimise import run_e4
-
+def _per_response_vector(config: Mapping[str, Any], model: str, vectors: Mapping[str, str], responses_json: str,
+                         out: str, experiment: str, run: Any, **meta: Any) -> None:
+    """One table of ``run(ctx, vector, responses)`` rows over the response vectors, written with its sidecar."""
     which = config["paperA"]["responses"]["vectors"]
     ctx = _ctx(config, model, vectors, which)
     rows = read_json(responses_json)
-    table = pd.concat([run_e4(ctx, v, _by_vector(rows, v)) for v in which], ignore_index=True)
-    write_csv(out, table, _meta(ctx, config, "e4", gepa="not run (optional hook, off by default, D11)"))
+    table = pd.concat([run(ctx, v, _by_vector(rows, v)) for v in which], ignore_index=True)
+    write_csv(out, table, _meta(ctx, config, experiment, **meta))
+
+
+def e4(config: Mapping[str, Any], model: str, vectors: Mapping[str, str], responses_json: str, out: str) -> None:
+    from steerlimits.papera.optimise import run_e4
+
+    _per_response_vector(config, model, vectors, responses_json, out, "e4", run_e4,
+                         gepa="not run (optional hook, off by default, D11)")
 
 
 def e5(config: Mapping[str, Any], model: str, vectors: Mapping[str, str], out: Mapping[str, str]) -> None:
@@ -199,11 +206,7 @@ def e5(config: Mapping[str, Any], model: str, vectors: Mapping[str, str], out: M
 def e6(config: Mapping[str, Any], model: str, vectors: Mapping[str, str], responses_json: str, out: str) -> None:
     from steerlimits.papera.copying import run_e6
 
-    which = config["paperA"]["responses"]["vectors"]
-    ctx = _ctx(config, model, vectors, which)
-    rows = read_json(responses_json)
-    table = pd.concat([run_e6(ctx, v, _by_vector(rows, v)) for v in which], ignore_index=True)
-    write_csv(out, table, _meta(ctx, config, "e6"))
+    _per_response_vector(config, model, vectors, responses_json, out, "e6", run_e6)
 
 
 def e7(config: Mapping[str, Any], model: str, vectors: Mapping[str, str], out: Mapping[str, str]) -> None:

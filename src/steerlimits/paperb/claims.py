@@ -23,6 +23,8 @@ from steerlimits.stats import tost_power
 __all__ = ["STATEMENTS", "claims_rows", "paper_power"]
 
 BOUND, ALPHA_TOST = 0.2, 0.05
+B0_MIN_D = 0.5  # precondition B0: d(v, 0) >= 0.5 (spec B §8)
+
 STATEMENTS = {
     "B0": "Steering works (precondition)",
     "B1": "Orthogonal perturbations keep efficacy",
@@ -92,9 +94,9 @@ def claims_rows(t1: pd.DataFrame, t2: pd.DataFrame, t3: pd.DataFrame, t4: pd.Dat
                   if "scorer" in g1 and str(g1["substitute_for"].iloc[0]) not in ("", "nan", "None")
                   else str(g1["scorer"].iloc[0]) if "scorer" in g1 else "unknown")
         d0 = float(v_row["cohens_d"].iloc[0]) if len(v_row) else math.nan
-        ok = check(d0, ">=", 0.5) == "true"
+        ok = check(d0, ">=", B0_MIN_D) == "true"
         na = "" if ok else "na: B0 failed (steering does not work here); "
-        out.append(_row("B0", model, f"{trait}: d(v, 0)", d0, ">= 0.5", check(d0, ">=", 0.5),
+        out.append(_row("B0", model, f"{trait}: d(v, 0)", d0, f">= {B0_MIN_D}", check(d0, ">=", B0_MIN_D),
                         f"n={int(v_row['n'].iloc[0]) if len(v_row) else 0} vs alpha0; scorer {scorer}"))
         ro = cells(t1, condition="v+u[random_orth]")
         eff = float(ro["efficacy"].iloc[0]) if len(ro) else math.nan

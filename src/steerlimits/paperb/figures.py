@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from steerlimits.paperb import FIGURE_FILES
+from steerlimits.paperb.claims import B0_MIN_D
 from steerlimits.plotting import colour_for, set_style
 
 __all__ = ["FIGURES", "all_figures", "f1_orthogonal", "f2_environments", "f3_logits", "f4_alpha", "f5_pca",
@@ -90,21 +91,28 @@ def f2_environments(t3: pd.DataFrame) -> plt.Figure:
 
 
 def f3_logits(t4: pd.DataFrame) -> plt.Figure:
-    """Panel per model; per trait bars of mean L2 logit distance: baseline, orthogonal, null_jac, random."""
+    """Panel per model; per trait bars of mean L2 logit distance: baseline, orthogonal, null_jac, random, and another
+    trait's vector at ‖v‖ (mean over the other traits) where there is one."""
     models, traits = _models(t4), _traits(t4)
+    t4 = t4.assign(condition=t4["condition"].where(~t4["condition"].str.startswith("other trait"), "other trait"))
     bars = [("baseline: v vs 0", "baseline ||z(v)-z(0)||", 0.9, ""), ("v+u[random_orth]", "orthogonal", 0.6, ""),
-            ("v+u[null_jac]", "null_jac", 0.45, ".."), ("v+r[random]", "random (norm-matched)", 0.3, "//")]
+            ("v+u[null_jac]", "null_jac", 0.45, ".."), ("v+r[random]", "random (norm-matched)", 0.3, "//"),
+            ("other trait", "other trait's vector", 0.2, "xx")]
+    bars = [b for b in bars if (t4["condition"] == b[0]).any()]
+    width = 0.8 / len(bars)
     fig, axes = plt.subplots(1, len(models), figsize=(2.6 * len(models) + 0.6, 2.8), squeeze=False)
     for ax, m in zip(axes[0], models, strict=True):
         x = np.arange(len(traits))
         for i, (cond, label, alpha, hatch) in enumerate(bars):
-            r = t4[(t4["model"] == m) & (t4["condition"] == cond)].set_index("trait").reindex(traits)
-            ax.bar(x + (i - 1.5) * 0.2, r["l2_mean"].to_numpy(float), 0.2, yerr=np.nan_to_num(r["l2_std"].to_numpy(float)),
-                   capsize=1.5, color=colour_for(m), alpha=alpha, hatch=hatch, edgecolor="k", lw=0.3, label=label)
+            r = t4[(t4["model"] == m) & (t4["condition"] == cond)].groupby("trait")[["l2_mean", "l2_std"]].mean()
+            r = r.reindex(traits)
+            ax.bar(x + (i - (len(bars) - 1) / 2) * width, r["l2_mean"].to_numpy(float), width,
+                   yerr=np.nan_to_num(r["l2_std"].to_numpy(float)), capsize=1.5, color=colour_for(m), alpha=alpha,
+                   hatch=hatch, edgecolor="k", lw=0.3, label=label)
         ax.set_xticks(x, traits)
         ax.set_title(m, fontsize=8)
     axes[0][0].set_ylabel("L2 logit distance")
-    _legend_below(fig, axes[0][0])
+    _legend_below(fig, axes[0][0], ncol=min(len(bars), 3))
     return fig
 
 
@@ -241,8 +249,11 @@ def f7_spectra(spectra: Mapping[str, Mapping[str, Mapping[int, np.ndarray]]], la
 
 
 def f8_efficacy(t1: pd.DataFrame) -> plt.Figure:
-    """Efficacy of v + u per family (pooled over seeds) with bootstrap 95 % CIs, per model × trait; line at 0.95."""
+    """Efficacy of v + u per family (pooled over seeds) with bootstrap 95 % CIs, per model × trait; line at 0.95.
+    Panels where the precondition B0 fails (d(v, 0) < 0.5: v does not steer, so efficacy is a ratio of noise) are
+    greyed and labelled."""
     rows = t1[t1["seed"] == "pooled"]
+    d0 = t1[t1["condition"] == "v"].set_index(["model", "trait"])["cohens_d"]
     models, traits = _models(t1), _traits(t1)
     fig, axes = plt.subplots(len(models), len(traits), figsize=(2.4 * len(traits) + 0.4, 1.9 * len(models) + 0.4),
                              squeeze=False, sharey=True)
@@ -257,6 +268,11 @@ def f8_efficacy(t1: pd.DataFrame) -> plt.Figure:
             ax.axhline(1.0, color="0.6", lw=0.5)
             ax.set_xticks(range(len(FAMILIES)), FAMILIES, rotation=25, fontsize=6)
             ax.set_title(f"{m} · {tr}", fontsize=7)
+            d = float(d0.get((m, tr), np.nan))
+            if not d >= B0_MIN_D:
+                ax.set_facecolor("0.92")
+                ax.text(0.5, 0.97, f"B0 fails: d(v,0) = {d:.2f} < {B0_MIN_D}", transform=ax.transAxes, ha="center",
+                        va="top", fontsize=6, color="#B22222")
             if c == 0:
                 ax.set_ylabel("efficacy")
     fig.tight_layout()

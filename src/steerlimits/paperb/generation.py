@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 
 def run_pool(model: Any, tok: Any, conditions: Sequence[Condition], prompt_ids: Mapping[str, Sequence[Sequence[int]]],
              *, layer: int, positions: str, temperature: float, top_p: float, batch_size: int, seed: int,
+             top_k: int | None = None, repetition_penalty: float | None = None,
              progress: bool = True) -> list[dict[str, Any]]:
     """Generate every job of ``conditions``; one row per generation (labels, prompt, continuation).
 
@@ -35,6 +36,8 @@ def run_pool(model: Any, tok: Any, conditions: Sequence[Condition], prompt_ids: 
     prompt_ids : prompt set name -> token ids per prompt (unpadded).
     layer : steering at the input of block ``layer``; positions : D4 (paper B: ``last_prompt_and_generated``).
     seed : the model × trait seed; the call for continuation length T uses ``derive_seed(seed, "generate", T)``.
+    top_k, repetition_penalty : None = off (explicit decoding); set from :func:`steer.shipped_decoding` when
+        ``paperB.decoding`` is ``faithful``.
     """
     rows: list[dict[str, Any]] = []
     for max_new in sorted({c.max_new_tokens for c in conditions}):
@@ -43,7 +46,8 @@ def run_pool(model: Any, tok: Any, conditions: Sequence[Condition], prompt_ids: 
         ids = [list(prompt_ids[c.prompt_set][p]) for c, p, _ in jobs]
         offsets = torch.stack([c.offset.float() for c, _, _ in jobs])
         cfg = GenerationConfig(max_new_tokens=max_new, temperature=temperature, top_p=top_p, batch_size=batch_size,
-                               seed=derive_seed(seed, "generate", max_new))
+                               seed=derive_seed(seed, "generate", max_new), top_k=top_k,
+                               repetition_penalty=repetition_penalty)
         logger.info("generate: %d jobs of %d conditions, %d new tokens, batch %d", len(jobs),
                     len({c.cond for c, _, _ in jobs}), max_new, batch_size)
         gens = generate(model, tok, ids, cfg, vector=offsets, alpha=1.0, layer=layer,

@@ -4,7 +4,9 @@ For each prefix x the last-position logits ``z_δ(x)`` are computed with ``δ`` 
 last prompt position (positions ``last_prompt_and_generated``; for the next token only the last position
 matters). Metrics against ``z_v``: L2 distance ``‖z_v − z_δ‖``, ``KL(p_v ‖ p_δ)``, argmax agreement and top-10
 overlap; the baseline is ``‖z_v − z_0‖``. Random controls ``r`` are Gaussian draws rescaled to ``‖u‖ = ‖v‖``
-(not orthogonalised), so every perturbation has the same norm (D7).
+(not orthogonalised), so every perturbation has the same norm (D7). The authors' other control, another trait's
+vector ``w`` rescaled to ``‖v‖`` and steered in place of ``v`` (condition ``other``, family = that trait), shows
+how far a different direction of the same norm moves the logits.
 """
 
 from __future__ import annotations
@@ -91,8 +93,9 @@ def next_token_logits(model: Any, tok: Any, prompts: Sequence[Sequence[int]], of
 
 
 def plan_offsets(v: Tensor, bases: Mapping[str, Tensor | None], families: Sequence[str], *, alpha: float,
-                 n_u: int, n_r: int, seed: int) -> list[dict[str, Any]]:
-    """Conditions of E4: ``zero``, ``v``, ``v+u`` per family × draw, ``v+r`` per draw (offsets α applied)."""
+                 n_u: int, n_r: int, seed: int, others: Mapping[str, Tensor] | None = None) -> list[dict[str, Any]]:
+    """Conditions of E4: ``zero``, ``v``, ``v+u`` per family × draw, ``v+r`` per draw, and ``other`` per entry of
+    ``others`` (trait -> vector ``(d,)``, rescaled to ``‖v‖``, in place of ``v``); offsets have α applied."""
     out: list[dict[str, Any]] = [{"condition": "zero", "family": "", "draw": -1, "offset": torch.zeros_like(v)},
                                  {"condition": "v", "family": "", "draw": -1, "offset": alpha * v}]
     for fam in families:
@@ -110,14 +113,17 @@ def plan_offsets(v: Tensor, bases: Mapping[str, Tensor | None], families: Sequen
         r = torch.randn(v.numel(), generator=gen, dtype=torch.float64)
         r = (r / r.norm() * v.double().norm()).to(v.dtype)
         out.append({"condition": "v+r", "family": "random", "draw": i, "offset": alpha * (v + r)})
+    for name, w in (others or {}).items():
+        w_scaled = (w.double() / w.double().norm() * v.double().norm()).to(v.dtype)
+        out.append({"condition": "other", "family": name, "draw": -1, "offset": alpha * w_scaled})
     return out
 
 
 def run_e4(model: Any, tok: Any, prompts: Sequence[Sequence[int]], v: Tensor, bases: Mapping[str, Tensor | None],
            families: Sequence[str], *, layer: int, alpha: float, n_u: int, n_r: int, seed: int,
-           batch_size: int = 32) -> list[dict[str, Any]]:
+           batch_size: int = 32, others: Mapping[str, Tensor] | None = None) -> list[dict[str, Any]]:
     """One row per (prefix, condition) with the metrics against ``z_v`` (``zero`` is the baseline distance)."""
-    conds = plan_offsets(v, bases, families, alpha=alpha, n_u=n_u, n_r=n_r, seed=seed)
+    conds = plan_offsets(v, bases, families, alpha=alpha, n_u=n_u, n_r=n_r, seed=seed, others=others)
     n = len(prompts)
     prefix = PrefixCache(model, tok, prompts, batch_size)
     z_v = prefix.logits((alpha * v).expand(n, -1), layer)

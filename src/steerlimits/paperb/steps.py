@@ -27,6 +27,7 @@ from steerlimits.paperb.logits import run_e4
 from steerlimits.paperb.plan import plan_pool
 from steerlimits.prompting import encode
 from steerlimits.provenance import provenance, write_with_sidecar
+from steerlimits.steer import shipped_decoding
 
 __all__ = ["generate_pool", "load_bases", "logits", "nullspace", "score_pool", "sites"]
 
@@ -153,6 +154,18 @@ def ns_rule() -> str:
 
 
 # ----------------------------------------------------------------------------------------- generations
+def decoding_settings(pb: Mapping[str, Any], model: Any) -> dict[str, Any]:
+    """Sampling settings of paper B's pools: ``explicit`` (top-p from the config, top-k and repetition penalty
+    off) or ``faithful`` (the checkpoint's shipped defaults, as the authors' code got them; temperature stays
+    the config's, which the authors set)."""
+    mode = pb.get("decoding", "explicit")
+    if mode == "faithful":
+        return {"mode": mode, **shipped_decoding(model)}
+    if mode != "explicit":
+        raise ValueError(f"paperB.decoding must be 'explicit' or 'faithful', got {mode!r}")
+    return {"mode": mode, "top_p": pb["top_p"], "top_k": None, "repetition_penalty": None}
+
+
 def generate_pool(config: Mapping[str, Any], model: str, trait: str, vectors: str | Path, bases_path: str | Path,
                   out: str | Path, out_perturbations: str | Path) -> None:
     """All sampled conditions (E1, E2, E3, E5, E6) of one model × trait in few batched generate() calls."""
@@ -173,8 +186,10 @@ def generate_pool(config: Mapping[str, Any], model: str, trait: str, vectors: st
     prompt_ids = {"stems": [encode(tok, Prompt(t), fmt) for t in stems]}  # type: ignore[arg-type]
     prompt_ids.update({f"env:{e}": [encode(tok, Prompt(t), fmt) for t in p] for e, p in envs.items()})  # type: ignore[arg-type]
     t0 = time.perf_counter()
+    decoding = decoding_settings(pb, mdl)
     rows = run_pool(mdl, tok, pool.conditions, prompt_ids, layer=st["inject_layer"], positions=pb["positions"],
-                    temperature=pb["temperature"], top_p=pb["top_p"], batch_size=pb["batch_size"], seed=seed)
+                    temperature=pb["temperature"], top_p=decoding["top_p"], top_k=decoding["top_k"],
+                    repetition_penalty=decoding["repetition_penalty"], batch_size=pb["batch_size"], seed=seed)
     wall = time.perf_counter() - t0
     for r in rows:
         r.update(model=model, trait=trait)
@@ -184,9 +199,8 @@ def generate_pool(config: Mapping[str, Any], model: str, trait: str, vectors: st
     meta = _meta(config, model, seed=seed, trait=trait, **st, method=pb["method"], prompt_format=fmt,
                  vector_norm=float(v.norm()), pca_norm=float(v_pca.norm()), cos_mean_diff_pca=cos,
                  pc1_flipped=st["layer"] in flips,
-                 vector_source="traits.jsonl pairs (everyday contexts, i.e. the in-distribution environment)",
-                 decoding={"temperature": pb["temperature"], "top_p": pb["top_p"], "top_k": None,
-                           "repetition_penalty": None, "batch_size": pb["batch_size"]},
+                 vector_source="traits.jsonl pairs of this trait (their contexts are the in-distribution environment)",
+                 decoding={**decoding, "temperature": pb["temperature"], "batch_size": pb["batch_size"]},
                  n_conditions=len(pool.conditions), n_generations=len(rows), generation_wall_s=round(wall, 1),
                  tokens_generated=int(sum(r["n_new_tokens"] for r in rows)), notes=pool.notes,
                  reuse="E2 at alpha 0 and alpha = paperB.alpha reuses E1's zero, v and random_orth seeds; "
@@ -226,18 +240,20 @@ def logits(config: Mapping[str, Any], model: str, vectors: Mapping[str, str | Pa
     fmt = _fmt(config, model)
     stems = D.neutral_stems(config.get("data_dir"))[: e4["n_prefixes"]]
     ids = [encode(tok, Prompt(t), fmt) for t in stems]  # type: ignore[arg-type]
-    frames, norms = [], {}
-    for trait, path in vectors.items():
-        v = _vector(path, pb["method"], st["layer"])
-        norms[trait] = float(v.norm())
+    frames = []
+    vecs = {trait: _vector(path, pb["method"], st["layer"]) for trait, path in vectors.items()}
+    norms = {trait: float(v.norm()) for trait, v in vecs.items()}
+    for trait, v in vecs.items():
         seed = derive_seed(config["seed"], "paperB", model, trait)
+        others = {t: w for t, w in vecs.items() if t != trait}
         df = pd.DataFrame(run_e4(mdl, tok, ids, v, bases, pb["families"], layer=st["inject_layer"],
-                                 alpha=float(pb["alpha"]), n_u=e4["n_u"], n_r=e4["n_r"], seed=seed))
+                                 alpha=float(pb["alpha"]), n_u=e4["n_u"], n_r=e4["n_r"], seed=seed, others=others))
         df.insert(0, "trait", trait)
         df.insert(0, "model", model)
         frames.append(df)
     table = pd.concat(frames, ignore_index=True)
     meta = _meta(config, model, seed=config["seed"], **st, n_prefixes=len(ids), vector_norms=norms,
                  random_control="Gaussian r rescaled to ||r|| = ||u|| = ||v|| (not orthogonalised)",
+                 other_trait_control="each other trait's vector rescaled to ||v||, steered in place of v",
                  kl="KL(p_v || p_cond), nats", seeds="derive_seed(seed, 'paperB', model, trait) per trait")
     write_with_sidecar(out, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"), meta)

@@ -193,7 +193,11 @@ def mean_diff_vs_pca(pool: pd.DataFrame, ctx: Ctx, vector_meta: Mapping[tuple[st
 
 # ------------------------------------------------------------------------------------------------ E6
 def nullspace_spanning(pool: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
-    """B-T6: (a) per orthonormal u_i: d(v + u_i, v), d(u_i, 0), d(u_i, v); (b) d(v + Σ c_j u_j, v) per k."""
+    """B-T6: (a) per orthonormal u_i: d(v + u_i, v), d(u_i, 0), d(u_i, v), each with the Jensen–Shannon distance
+    of the two 10-bin score histograms (the authors' second measure); (b) d(v + Σ c_j u_j, v) per k."""
+    def js(x: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+        return {"js_distance": S.js_distance(x, ref, bins=10)}
+
     def one(g: pd.DataFrame, model: str, trait: str) -> list[dict[str, Any]]:
         zero, v = _sel(g, experiment="e1", kind="zero"), _sel(g, experiment="e1", kind="v")
         rows: list[dict[str, Any]] = []
@@ -203,17 +207,18 @@ def nullspace_spanning(pool: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
             for i in sorted(a.loc[a["family"] == fam, "direction"].unique()):
                 vu, u = _sel(a, family=fam, direction=i, kind="v+u"), _sel(a, family=fam, direction=i, kind="u")
                 common = {"part": "a", "family": fam, "direction": int(i)}
-                rows += [{**common, "condition": f"v+u_{i}", "reference": "v", **comparison(vu, v, zero, v, ctx,
-                                                                                           *key, i, "vu")},
-                         {**common, "condition": f"u_{i}", "reference": "alpha0", **comparison(u, zero, zero, v, ctx,
-                                                                                               *key, i, "u0")},
-                         {**common, "condition": f"u_{i}", "reference": "v", **comparison(u, v, zero, v, ctx, *key,
-                                                                                          i, "uv")}]
+                rows += [{**common, "condition": f"v+u_{i}", "reference": "v", **js(vu, v),
+                          **comparison(vu, v, zero, v, ctx, *key, i, "vu")},
+                         {**common, "condition": f"u_{i}", "reference": "alpha0", **js(u, zero),
+                          **comparison(u, zero, zero, v, ctx, *key, i, "u0")},
+                         {**common, "condition": f"u_{i}", "reference": "v", **js(u, v),
+                          **comparison(u, v, zero, v, ctx, *key, i, "uv")}]
             common = {"part": "a", "family": fam, "direction": -1}
-            rows += [{**common, "condition": "v+u_i (all i)", "reference": "v",
-                      **comparison(_sel(a, family=fam, kind="v+u"), v, zero, v, ctx, *key, "all", "vu")},
-                     {**common, "condition": "u_i (all i)", "reference": "alpha0",
-                      **comparison(_sel(a, family=fam, kind="u"), zero, zero, v, ctx, *key, "all", "u0")}]
+            vu_all, u_all = _sel(a, family=fam, kind="v+u"), _sel(a, family=fam, kind="u")
+            rows += [{**common, "condition": "v+u_i (all i)", "reference": "v", **js(vu_all, v),
+                      **comparison(vu_all, v, zero, v, ctx, *key, "all", "vu")},
+                     {**common, "condition": "u_i (all i)", "reference": "alpha0", **js(u_all, zero),
+                      **comparison(u_all, zero, zero, v, ctx, *key, "all", "u0")}]
         for fam in dict.fromkeys(b["family"]):
             for k in sorted(b.loc[b["family"] == fam, "k"].unique()):
                 key = (model, trait, "e6b", fam, k)
@@ -225,19 +230,22 @@ def nullspace_spanning(pool: pd.DataFrame, ctx: Ctx) -> pd.DataFrame:
                              **comparison(_sel(b, family=fam, k=k), v, zero, v, ctx, *key, "pooled")})
         return rows
 
-    return _frame(_per_model_trait(pool, one), ["part", "direction", "k", "draw"])
+    return _frame(_per_model_trait(pool, one), ["part", "direction", "k", "draw", "js_distance"])
 
 
 # ------------------------------------------------------------------------------------------------ E4
 def logit_distances(rows: pd.DataFrame) -> pd.DataFrame:
     """B-T4: per model × trait × condition: mean L2 distance to z_v, KL, argmax agreement, top-10 overlap, and the
-    ratio of each mean L2 to the norm-matched random control's (``ratio_to_random``)."""
+    ratio of each mean L2 to the norm-matched random control's (``ratio_to_random``); ``other trait[t]`` rows steer
+    with trait t's vector rescaled to ‖v‖ in place of v (the authors' second control)."""
     out = []
     for (model, trait), g in rows.groupby(["model", "trait"], sort=False):
         rand = g.loc[g["condition"] == "v+r", "l2"].mean()
         for (cond, fam), h in g.groupby(["condition", "family"], sort=False, dropna=False):
-            name = {"zero": "baseline: v vs 0", "v+r": "v+r[random]"}.get(str(cond), f"v+u[{fam}]")
-            out.append({"model": model, "trait": trait, "condition": name, "family": fam if cond == "v+u" else cond,
+            name = {"zero": "baseline: v vs 0", "v+r": "v+r[random]", "other": f"other trait[{fam}]"}.get(
+                str(cond), f"v+u[{fam}]")
+            out.append({"model": model, "trait": trait, "condition": name,
+                        "family": fam if cond in ("v+u", "other") else cond,
                         "n": len(h), "n_prefixes": h["prefix"].nunique(), "l2_mean": h["l2"].mean(),
                         "l2_std": h["l2"].std(ddof=1), "kl_mean": h["kl"].mean(),
                         "argmax_agree": h["argmax_agree"].mean(), "top10_overlap": h["top10_overlap"].mean(),
