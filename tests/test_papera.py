@@ -66,6 +66,16 @@ def _setup(ctx: ModelContext, n_candidates: int = 16) -> SearchSetup:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
+def test_fit_decoder_batched_equals_one_sequence_at_a_time(ctx: ModelContext) -> None:
+    seqs = [ctx.encode("refusal", f"tell me about item {i} and its history") for i in range(6)]
+    seqs += [ctx.encode("refusal", "a longer request about the weather in the hills this spring"), [5]]
+    one = fit_decoder(ctx.model, seqs, LAYER + 1, batch_size=1)
+    batched = fit_decoder(ctx.model, seqs, LAYER + 1, batch_size=4)
+    assert batched.n_tokens == one.n_tokens == sum(len(s) - 1 for s in seqs if len(s) > 1)
+    torch.testing.assert_close(batched.weight, one.weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched.mean, one.mean, rtol=1e-5, atol=1e-5)
+
+
 def test_common_prefix_len_known_answers() -> None:
     assert common_prefix_len([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
     assert common_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2  # every prompt keeps one position of its own
@@ -121,6 +131,10 @@ def test_natural_inverts_exactly_and_header_memo_matches_single_runs(ctx: ModelC
     alone = invert_condition(ctx.model, prompts[1:2], setup)[0]
     assert alone.recovered == runs[1].recovered
     assert [p.topk_tokens[0] for p in alone.positions] == [p.topk_tokens[0] for p in runs[1].positions]
+    # a precheck hit is verified alone (first batch of 1), with the same result as a first batch of 32
+    assert setup.config("natural", 1e-3).first_batch == 1
+    counts = [p.n_verified for r in runs for p in r.positions]
+    assert min(counts) == 1  # hits cost one verification; misses ramp 1, 2, 4, ... over the gradient order
 
 
 def test_natural_recovers_when_the_decoder_precheck_misses(ctx: ModelContext) -> None:
@@ -308,3 +322,11 @@ def test_claims_rows_and_thresholds() -> None:
     t = _synthetic()
     t["behaviour"].loc[t["behaviour"]["condition"] == "baseline", "refusal"] = 0.0  # precondition fails
     assert C.paper_a_claims(t).set_index("claim_id").loc["A7", "holds"] == "na"
+
+
+def test_verification_batches_ramp_from_first_batch() -> None:
+    from steerlimits.invert.sequential import _chunks
+
+    assert _chunks(100, 64, True, first=1) == [(0, 1), (1, 3), (3, 7), (7, 15), (15, 31), (31, 63), (63, 100)]
+    assert _chunks(100, 64, True) == [(0, 32), (32, 96), (96, 100)]
+    assert _chunks(100, 64, False, first=1) == [(0, 64), (64, 100)]

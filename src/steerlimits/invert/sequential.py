@@ -77,6 +77,7 @@ class InversionConfig:
     grad_lr: float = 0.1  # Adam step size in units of the embedding table's standard deviation
     tau_exact: float | None = None  # absolute; None: 10 x measured noise floor (max over positions)
     early_exit: bool = True  # stop verifying at a position once the best distance <= tau_exact
+    first_batch: int = 32  # early exit: size of the first verified batch (it doubles up to batch_size)
     screen_dtype: Literal["float32", "bfloat16"] = "float32"  # bf16 screen (exhaustive; no early exit)
     screen_safety: float = 2.0  # measured bf16-fp32 margin is multiplied by this
     seed: int = 0
@@ -89,7 +90,7 @@ class InversionConfig:
             raise ValueError(f"screen_dtype must be 'float32' or 'bfloat16', got {self.screen_dtype!r}")
         if self.screen_dtype == "bfloat16" and self.mode != "exhaustive":
             raise ValueError("screen_dtype='bfloat16' is only defined for mode='exhaustive'")
-        for name in ("n_candidates", "batch_size", "top_k"):
+        for name in ("n_candidates", "batch_size", "top_k", "first_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.grad_steps < 0 or self.rank_anchors < 0:
@@ -214,10 +215,10 @@ def _rank(tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, config: Inversion
     return torch.argsort(torch.linalg.vector_norm(table - e.detach(), dim=-1))
 
 
-def _chunks(n: int, batch_size: int, ramp: bool) -> list[tuple[int, int]]:
-    """Batch bounds; with ``ramp`` the sizes grow 32, 64, … up to ``batch_size`` (early exit usually comes
-    in the first batches of a ranked order, so small first batches save most of the work)."""
-    bounds, start, size = [], 0, min(32, batch_size) if ramp else batch_size
+def _chunks(n: int, batch_size: int, ramp: bool, first: int = 32) -> list[tuple[int, int]]:
+    """Batch bounds; with ``ramp`` the sizes grow ``first``, 2·first, … up to ``batch_size`` (early exit usually
+    comes in the first batches of a ranked order, so small first batches save most of the work)."""
+    bounds, start, size = [], 0, min(first, batch_size) if ramp else batch_size
     while start < n:
         bounds.append((start, min(start + size, n)))
         start, size = start + size, min(2 * size, batch_size)
@@ -226,12 +227,12 @@ def _chunks(n: int, batch_size: int, ramp: bool) -> list[tuple[int, int]]:
 
 @torch.no_grad()
 def _distances(tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, cands: Tensor, batch_size: int,
-               bar: Any = None, tau: float | None = None) -> tuple[Tensor, int]:
+               bar: Any = None, tau: float | None = None, first: int = 32) -> tuple[Tensor, int]:
     """Distances ``(n,)`` for ``cands`` (inf where not evaluated) and the number evaluated; with ``tau`` the
-    batches ramp up and stop after the first batch whose minimum is ``<= tau``."""
+    batches ramp up from ``first`` and stop after the first batch whose minimum is ``<= tau``."""
     dist = torch.full((cands.numel(),), float("inf"), device=target_t.device)
     done = 0
-    for lo, hi in _chunks(cands.numel(), batch_size, ramp=tau is not None):
+    for lo, hi in _chunks(cands.numel(), batch_size, ramp=tau is not None, first=first):
         states = tl.score(prefix, cands[lo:hi]).to(target_t.dtype)
         dist[lo:hi] = torch.linalg.vector_norm(states - target_t, dim=-1)
         done = hi
@@ -263,7 +264,7 @@ def _search_position(t: int, tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor
         else:
             order = (rank_fn or _rank)(tl, prefix, target_t, config)[:n]
         dist, done = _distances(tl, prefix, target_t, order, config.batch_size, bar,
-                                tau if config.early_exit else None)
+                                tau if config.early_exit else None, first=config.first_batch)
     tokens, dists = _top(order, dist, config.top_k)
     return PositionResult(position=t, chosen_token=tokens[0], topk_tokens=tokens, topk_dist=dists,
                           n_verified=done, certified=done == vocab, exact=dists[0] <= tau,

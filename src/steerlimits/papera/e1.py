@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 def decoder_sequences(ctx: ModelContext, vector: str, seed: int) -> list[list[int]]:
     """Training sequences of the linear decoder: training contrast prompts of every paper-A vector, the
-    project's neutral stems and trait instructions (never a test prompt), and seeded random-token sequences
-    after the template start (coverage of the vocabulary)."""
+    project's neutral stems and the instructions of ``extra_traits`` (never a test prompt), and seeded
+    random-token sequences after the template start (coverage of the vocabulary)."""
     cfg = ctx.pa["decoder"]
     data_dir = ctx.config.get("data_dir")
     prompts: list[D.Prompt] = []
@@ -42,7 +42,8 @@ def decoder_sequences(ctx: ModelContext, vector: str, seed: int) -> list[list[in
             prompts += [pair.positive, pair.negative]
     if cfg["extra_texts"]:
         prompts += [D.Prompt(t) for t in D.neutral_stems(data_dir)]
-        prompts += [D.Prompt(r[k]) for r in D.load_records("traits", data_dir) for k in ("positive", "negative")]
+        prompts += [D.Prompt(r[k]) for r in D.load_records("traits", data_dir) if r["trait"] in cfg["extra_traits"]
+                    for k in ("positive", "negative")]
     seqs = [encode(ctx.tok, p, ctx.fmt[vector]) for p in prompts]  # type: ignore[arg-type]
     vocab = int(ctx.model.get_input_embeddings().weight.shape[0])
     gen = torch.Generator().manual_seed(seed)

@@ -50,20 +50,26 @@ class LinearDecoder:
 
 @torch.no_grad()
 def fit_decoder(model: nn.Module, sequences: Sequence[Sequence[int]], measure_at: int, ridge: float = 1e-2,
-                layers_path: str | None = None) -> LinearDecoder:
-    """Ridge regression ``h^m_t → E_{x_t}`` on natural states of ``sequences`` (position 0 excluded: the sink).
+                layers_path: str | None = None, batch_size: int = 32) -> LinearDecoder:
+    """Ridge regression ``h^m_t → E_{x_t}`` on natural states of ``sequences`` (position 0 excluded: the sink);
+    sequences of equal length are run ``batch_size`` at a time.
 
     ``ridge`` is relative: ``λ = ridge · mean_j Var(h_j) · n``.
     """
     tl = TruncatedLM(model, measure_at, layers_path)
     table = embedding_matrix(model).detach()
     xs, ys = [], []
-    for seq in sequences:
-        ids = torch.as_tensor(list(seq), dtype=torch.long, device=tl.device)
-        if ids.numel() < 2:
-            continue
-        xs.append(tl.full(input_ids=ids[None])[0, 1:])
-        ys.append(table[ids[1:]])
+    by_length: dict[int, list[list[int]]] = {}
+    for seq in sequences:  # equal-length sequences share a forward (no padding, so states are unchanged)
+        if len(seq) >= 2:
+            by_length.setdefault(len(seq), []).append(list(seq))
+    for length in sorted(by_length):
+        group = by_length[length]
+        for start in range(0, len(group), batch_size):
+            ids = torch.as_tensor(group[start:start + batch_size], dtype=torch.long, device=tl.device)
+            with torch.no_grad():
+                xs.append(tl.full(input_ids=ids)[:, 1:].reshape(-1, table.shape[1]))
+            ys.append(table[ids[:, 1:].reshape(-1)])
     if not xs:
         raise ValueError("fit_decoder needs at least one sequence of two or more tokens")
     x, y = torch.cat(xs).double(), torch.cat(ys).double()
