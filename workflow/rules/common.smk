@@ -61,3 +61,15 @@ def all_targets():
         f"{FIGURES}/dose_response.png",
         f"{FIGURES}/dose_response.pdf",
     ] + expand(f"{RESULTS}/vectors/{{model}}/{{behaviour}}.safetensors", model=MODELS, behaviour=BEHAVIOURS)
+
+
+def size_priority(base):
+    """Job priority on a small machine: ``base`` plus the model's size (n_layers · d_model² / 1e6, what its
+    forwards cost), so the longest jobs start first."""
+    specs = model_specs(config)
+
+    def priority(wildcards):
+        spec = specs[wildcards.model]
+        return base + (spec.n_layers or 0) * (spec.d_model or 0) ** 2 / 1e6
+
+    return priority

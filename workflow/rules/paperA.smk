@@ -73,6 +73,7 @@ rule paperA_inversion:
     resources:
         mem_mb=8000,
         runtime=60,
+    priority: size_priority(1000)
     threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     conda:
         "../../envs/steerlimits.yaml"
@@ -98,6 +99,7 @@ rule paperA_behaviour:
     resources:
         mem_mb=8000,
         runtime=20,
+    priority: size_priority(0)
     threads: 1
     conda:
         "../../envs/steerlimits.yaml"
@@ -119,6 +121,7 @@ rule paperA_responses:
         f"{LOGS}/paperA/responses/{{model}}.log",
     benchmark:
         f"{BENCH}/paperA_responses/{{model}}.tsv"
+    priority: size_priority(0)
     threads: 1
     conda:
         "../../envs/steerlimits.yaml"
@@ -146,6 +149,7 @@ rule paperA_e3:
     resources:
         mem_mb=8000,
         runtime=30,
+    priority: size_priority(0)
     threads: 1
     conda:
         "../../envs/steerlimits.yaml"
@@ -171,6 +175,7 @@ rule paperA_e4:
     resources:
         mem_mb=8000,
         runtime=30,
+    priority: size_priority(0)
     threads: 1
     conda:
         "../../envs/steerlimits.yaml"
@@ -196,6 +201,7 @@ rule paperA_e5:
     resources:
         mem_mb=8000,
         runtime=30,
+    priority: size_priority(0)
     threads: 1
     conda:
         "../../envs/steerlimits.yaml"
@@ -218,6 +224,7 @@ rule paperA_e6:
         f"{LOGS}/paperA/e6/{{model}}.log",
     benchmark:
         f"{BENCH}/paperA_e6/{{model}}.tsv"
+    priority: size_priority(0)
     threads: 1
     conda:
         "../../envs/steerlimits.yaml"
@@ -241,6 +248,7 @@ rule paperA_e7:
         f"{LOGS}/paperA/e7/{{model}}.log",
     benchmark:
         f"{BENCH}/paperA_e7/{{model}}.tsv"
+    priority: size_priority(0)
     threads: 1
     conda:
         "../../envs/steerlimits.yaml"

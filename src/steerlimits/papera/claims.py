@@ -65,9 +65,12 @@ def paper_a_claims(t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         else:
             out.append(_row("A3", model, vector, "Steered states have no preimage", "certified positions (t >= 1)",
                             math.nan, "==", 1.0, "no certified position", holds="false", threshold_text="all"))
-        ratio = ps["top1"].mean() / pn["top1"].mean()
+        nat_mean = float(pn["top1"].mean())
+        ratio = float(ps["top1"].mean()) / nat_mean if nat_mean > 0 else math.inf
         out.append(_row("A4", model, vector, "Steered gap far above floor",
-                        "mean steered top-1 / mean natural top-1 (t >= 1)", ratio, ">=", 100.0))
+                        "mean steered top-1 / mean natural top-1 (t >= 1)", ratio, ">=", 100.0,
+                        f"mean natural top-1 {nat_mean:.3g} (0: the float32 states are bit-identical); mean steered "
+                        f"top-1 / tau_exact {float((ps['top1'] / ps['tau']).mean()):.3g}"))
         out.append(_row("A5", model, vector, "Gap ≈ displacement [paper]",
                         "median_t steered top-1 / ||Δh_t|| (t >= 1)", float((ps["top1"] / ps["delta_h"]).median()),
                         ">=", 0.9, "the steered search is warm-started with the prompt's own token, so <= 1 "

@@ -59,19 +59,29 @@ def concept_surface(seed: int = 0) -> plt.Figure:
 
 
 def topk_by_position(positions: pd.DataFrame) -> plt.Figure:
-    """A-F2: mean top-1/top-2 L2 vs position, natural (dashed greys) vs steered (solid purples), ±1 std."""
+    """A-F2: mean top-1/top-2 L2 vs position, natural (dashed greys) vs steered (solid purples), ±1 std (on the
+    log axis the band's lower edge is max(mean − std, mean / 10), so it never runs to 0)."""
     set_style()
     df = positions[(positions["experiment"] == "E1") & (positions["position"] >= 1)]
     fig, axes, panels = _grid(df, 6, 4)
     for model, vector in panels:
         ax = _ax(axes, df, model, vector)
+        panel = df[(df["model"] == model) & (df["vector"] == vector)]
+        positive = panel[["top1", "top2"]].to_numpy(float)
+        zero_at = float(positive[positive > 0].min()) / 100 if (positive > 0).any() else 1e-12
+        n_zero = 0
         for cond, colours, ls in (("natural", NATURAL, "--"), ("steered", STEERED, "-")):
-            g = df[(df["model"] == model) & (df["vector"] == vector) & (df["condition"] == cond)]
+            g = panel[panel["condition"] == cond]
             for k, col in enumerate(("top1", "top2")):
                 s = g.groupby("position")[col].agg(["mean", "std"]).fillna(0)
-                ax.plot(s.index, s["mean"], ls=ls, color=colours[k], lw=1.2, label=f"{cond} top-{k + 1}")
-                ax.fill_between(s.index, (s["mean"] - s["std"]).clip(lower=1e-12), s["mean"] + s["std"],
+                n_zero += int((s["mean"] <= 0).sum())
+                mean = s["mean"].clip(lower=zero_at)  # an exact 0 (bit-identical float32 state) has no log
+                ax.plot(s.index, mean, ls=ls, color=colours[k], lw=1.2, label=f"{cond} top-{k + 1}")
+                ax.fill_between(s.index, np.maximum(mean - s["std"], mean / 10), mean + s["std"],
                                 color=colours[k], alpha=0.1, lw=0)
+        if n_zero:
+            ax.text(0.99, 0.02, f"mean exactly 0 drawn at {zero_at:.0e}", transform=ax.transAxes, ha="right",
+                    va="bottom", fontsize=6)
         ax.set_yscale("log")
         ax.set_title(f"{model} / {vector}", fontsize=9)
         ax.set_xlabel("position t (0 skipped)")
@@ -156,6 +166,7 @@ def many_shot(summary: pd.DataFrame, positions: pd.DataFrame) -> tuple[plt.Figur
             ax.plot(pm.index, pm[n], color="black" if n == 0 else cmap(i / max(1, len(ns) - 1)), lw=1,
                     label=f"N={n}")
         ax.axvline(g["x_len"].mean(), color="red", ls="--", lw=1, label="mean instruction length")
+        ax.set_yscale("log")  # attention-sink and delimiter positions are orders of magnitude above the rest
         ax.set_xlabel("position in [x; y]")
         ax.set_ylabel("L2 to steered target")
         ax.legend(fontsize=6, ncol=2)
