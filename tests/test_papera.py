@@ -131,10 +131,11 @@ def test_natural_inverts_exactly_and_header_memo_matches_single_runs(ctx: ModelC
     alone = invert_condition(ctx.model, prompts[1:2], setup)[0]
     assert alone.recovered == runs[1].recovered
     assert [p.topk_tokens[0] for p in alone.positions] == [p.topk_tokens[0] for p in runs[1].positions]
-    # a precheck hit is verified alone (first batch of 1), with the same result as a first batch of 32
-    assert setup.config("natural", 1e-3).first_batch == 1
+    # a precheck hit is re-verified with the precheck's runner-up (first batch of 2), so top-2 is always known
+    assert setup.config("natural", 1e-3).first_batch == 2
     counts = [p.n_verified for r in runs for p in r.positions]
-    assert min(counts) == 1  # hits cost one verification; misses ramp 1, 2, 4, ... over the gradient order
+    assert min(counts) == 2  # hits cost two verifications; misses ramp 2, 4, 8, ... over the gradient order
+    assert all(len(p.topk_dist) >= 2 and p.topk_dist[1] > p.topk_dist[0] for r in runs for p in r.positions)
 
 
 def test_natural_recovers_when_the_decoder_precheck_misses(ctx: ModelContext) -> None:

@@ -73,7 +73,7 @@ def topk_by_position(positions: pd.DataFrame) -> plt.Figure:
         for cond, colours, ls in (("natural", NATURAL, "--"), ("steered", STEERED, "-")):
             g = panel[panel["condition"] == cond]
             for k, col in enumerate(("top1", "top2")):
-                s = g.groupby("position")[col].agg(["mean", "std"]).fillna(0)
+                s = g.groupby("position")[col].agg(["mean", "std"]).dropna(subset=["mean"]).fillna(0)
                 n_zero += int((s["mean"] <= 0).sum())
                 mean = s["mean"].clip(lower=zero_at)  # an exact 0 (bit-identical float32 state) has no log
                 ax.plot(s.index, mean, ls=ls, color=colours[k], lw=1.2, label=f"{cond} top-{k + 1}")

@@ -53,8 +53,8 @@ class SearchSetup:
     def config(self, kind: str, tau: float) -> InversionConfig:
         common = dict(measure_at=self.measure_at, batch_size=self.batch_size, top_k=self.top_k, tau_exact=tau,
                       seed=self.seed, layers_path=self.layers_path, screen_safety=self.screen_safety)
-        if kind == "natural":  # the lazy ranking puts a prechecked match first: verify it alone, then ramp up
-            first = 1 if self.precheck > 0 else 32
+        if kind == "natural":  # the lazy ranking puts a prechecked match and its runner-up first: verify those two
+            first = 2 if self.precheck > 0 else 32
             return InversionConfig(mode="exhaustive", early_exit=True, first_batch=first, **common)
         return InversionConfig(mode="ranked", n_candidates=self.n_candidates, early_exit=False, **common)
 

@@ -99,7 +99,7 @@ class DecoderRank:
     position -> tokens tried first there (a steered search's warm start). The position is ``prefix.length``.
     ``precheck`` (natural targets, :meth:`lazy`): the first tokens of the decoder order are verified here, and the
     gradient order (a forward and backward pass) is computed only where none matches within ``tau_exact``; the
-    engine then re-verifies the match in its first batch. The candidates evaluated here are not counted in the
+    engine then re-verifies the match and the precheck's runner-up (its top-2) in its first batch. The candidates evaluated here are not counted in the
     engine's ``n_verified``; the rule's sidecar records ``precheck``.
     """
 
@@ -148,8 +148,8 @@ class DecoderRank:
             head = torch.cat([torch.tensor(first, dtype=torch.long), order])[:self.precheck]
             with torch.no_grad():
                 dist = torch.linalg.vector_norm(tl.score(prefix, head.to(target_t.device)) - target_t, dim=-1)
-            if float(dist.min()) <= config.tau_exact:
-                first = [int(head[int(dist.argmin())])] + first
+            if float(dist.min()) <= config.tau_exact:  # the match, then the runner-up of the precheck (top-2)
+                first = [int(head[int(i)]) for i in torch.argsort(dist)[:2]] + first
                 return self._head_first(order, first, target_t)
         if self.use_gradient:
             orders.append(gradient_order(tl, prefix, target_t, config))
