@@ -38,3 +38,31 @@ def test_sidecar_and_hash(tmp_path: Path) -> None:
     assert (tmp_path / "t.txt").read_text() == "data"
     assert sidecar_path(tmp_path / "t.txt").name == "t.txt.meta.json"
     assert '"seed": 3' in sidecar_path(tmp_path / "t.txt").read_text()
+
+
+def test_code_version_marks_code_changes_but_not_outputs(tmp_path, monkeypatch) -> None:
+    import subprocess
+
+    from steerlimits import provenance as P
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "table.csv").write_text("a\n1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(P, "REPO_ROOT", tmp_path)
+
+    def version() -> str:
+        P.code_version.cache_clear()  # cached per process; the checkout changes under this test
+        return P.code_version()
+
+    assert not version().endswith("-dirty")
+    (tmp_path / "results" / "table.csv").write_text("a\n2\n")  # a rerun rewrote a committed output
+    assert not version().endswith("-dirty")
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert version().endswith("-dirty")
+    P.code_version.cache_clear()

@@ -34,14 +34,25 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
+#: Pipeline outputs: their changes do not make the code dirty (a run rewrites committed result tables).
+OUTPUT_DIRS = ("results", "figures")
+
+
 @functools.cache
 def code_version() -> str:
-    """``steerlimits-<version>+<git describe>`` (``-dirty`` marks uncommitted changes), or the version alone."""
+    """``steerlimits-<version>+<git describe>``, with ``-dirty`` when tracked files outside :data:`OUTPUT_DIRS`
+    differ from the commit (uncommitted code, configs or data), or the version alone outside a git checkout."""
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+
     try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
+        described = git("describe", "--always", "--abbrev=12")
+        if described.returncode != 0:
+            return f"steerlimits-{__version__}"
+        out = described.stdout.strip()
+        excludes = [f":(exclude){d}" for d in OUTPUT_DIRS]
+        if git("diff", "--quiet", "HEAD", "--", ".", *excludes).returncode == 1:
+            out += "-dirty"
     except (OSError, subprocess.SubprocessError):
         out = ""
     return f"steerlimits-{__version__}" + (f"+{out}" if out else "")
