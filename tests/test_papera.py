@@ -331,3 +331,11 @@ def test_verification_batches_ramp_from_first_batch() -> None:
     assert _chunks(100, 64, True, first=1) == [(0, 1), (1, 3), (3, 7), (7, 15), (15, 31), (31, 63), (63, 100)]
     assert _chunks(100, 64, True) == [(0, 32), (32, 96), (96, 100)]
     assert _chunks(100, 64, False, first=1) == [(0, 64), (64, 100)]
+
+
+def test_responses_xy_truncates_and_skips_empty_responses() -> None:
+    from steerlimits.papera.context import responses_xy
+
+    rows = [{"prompt": 0, "x": [1, 2], "y": [3, 4, 5]}, {"prompt": 1, "x": [6], "y": []},
+            {"prompt": 2, "x": [7], "y": [8]}, {"prompt": 3, "x": [9], "y": [10]}]
+    assert list(responses_xy(rows, 3, 2, "E6")) == [(0, [1, 2], [3, 4]), (2, [7], [8])]

@@ -24,7 +24,7 @@ from steerlimits.config import layer_for, model_specs, prompt_format
 from steerlimits.models import ModelSpec, load_model
 from steerlimits.prompting import encode
 
-__all__ = ["ModelContext", "common_prefix_len", "load_context", "prompt_format_for", "sites"]
+__all__ = ["ModelContext", "common_prefix_len", "load_context", "prompt_format_for", "responses_xy", "sites"]
 
 logger = logging.getLogger(__name__)
 
@@ -139,3 +139,15 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     while k < n and all(s[k] == seqs[0][k] for s in seqs):
         k += 1
     return k
+
+
+def responses_xy(responses: Sequence[Mapping[str, Any]], n_prompts: int, y_tokens: int,
+                 experiment: str) -> Iterator[tuple[int, list[int], list[int]]]:
+    """``(prompt index, x ids, first y_tokens steered-response ids)`` for the first ``n_prompts`` responses; an
+    empty response is skipped with a warning (nothing to match)."""
+    for r in list(responses)[:n_prompts]:
+        x, y = list(r["x"]), list(r["y"])[:y_tokens]
+        if not y:
+            logger.warning("%s prompt %d: empty steered response, skipped", experiment, r["prompt"])
+            continue
+        yield int(r["prompt"]), x, y

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from steerlimits.papera.context import ModelContext
+from steerlimits.papera.context import ModelContext, responses_xy
 from steerlimits.papera.generation import greedy
 
 __all__ = ["copy_prompts", "run_e6"]
@@ -53,11 +53,7 @@ def run_e6(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
     """One row per prompt × variant × mode (teacher-forced / free)."""
     cfg = ctx.pa["e6"]
     rows = []
-    for r in list(responses)[:cfg["n_prompts"]]:
-        x, y = list(r["x"]), list(r["y"])[:cfg["y_tokens"]]
-        if not y:
-            logger.warning("prompt %d: empty steered response, skipped", r["prompt"])
-            continue
+    for idx, x, y in responses_xy(responses, cfg["n_prompts"], cfg["y_tokens"], "E6"):
         span = slice(len(x), len(x) + len(y))
         steered_ref = ctx.states(vector, x + y, steered=True)[span]
         natural_ref = ctx.states(vector, x + y)[span]
@@ -70,13 +66,13 @@ def run_e6(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
                 h = ctx.states(vector, prompt + cont)[len(prompt):]
                 l2_s, mse_s = _dist(h, steered_ref)
                 l2_n, mse_n = _dist(h, natural_ref)
-                rows.append({"model": ctx.key, "vector": vector, "prompt": r["prompt"], "variant": variant,
+                rows.append({"model": ctx.key, "vector": vector, "prompt": idx, "variant": variant,
                              "mode": mode, "y_len": len(y), "gen_len": len(gen), "exact_match": gen == y,
                              "matched_prefix": prefix_len, "position_match": float(np.mean(match)) if match else 0.0,
                              "l2_to_steered": l2_s, "mse_to_steered": mse_s, "l2_to_natural": l2_n,
                              "mse_to_natural": mse_n, "reference_gap": gap,
                              "ratio_to_gap": l2_s / gap if gap > 0 else float("nan"),
                              "continuation": ctx.tok.decode(gen, skip_special_tokens=True)})
-            logger.info("E6 prompt %d %s: exact %s, prefix %d/%d, L2 to steered %.3g (gap %.3g)", r["prompt"],
+            logger.info("E6 prompt %d %s: exact %s, prefix %d/%d, L2 to steered %.3g (gap %.3g)", idx,
                         variant, gen == y, prefix_len, len(y), rows[-2]["l2_to_steered"], gap)
     return pd.DataFrame(rows)

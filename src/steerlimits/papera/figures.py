@@ -30,8 +30,11 @@ def _grid(df: pd.DataFrame, w: float, h: float) -> tuple[plt.Figure, np.ndarray,
 
 
 def _ax(axes: np.ndarray, df: pd.DataFrame, model: str, vector: str) -> plt.Axes:
+    """The panel of ``model`` × ``vector`` in a :func:`_grid`, titled."""
     models, vectors = list(dict.fromkeys(df["model"])), list(dict.fromkeys(df["vector"]))
-    return axes[models.index(model)][vectors.index(vector)]
+    ax = axes[models.index(model)][vectors.index(vector)]
+    ax.set_title(f"{model} / {vector}", fontsize=9)
+    return ax
 
 
 def concept_surface(seed: int = 0) -> plt.Figure:
@@ -83,7 +86,6 @@ def topk_by_position(positions: pd.DataFrame) -> plt.Figure:
             ax.text(0.99, 0.02, f"mean exactly 0 drawn at {zero_at:.0e}", transform=ax.transAxes, ha="right",
                     va="bottom", fontsize=6)
         ax.set_yscale("log")
-        ax.set_title(f"{model} / {vector}", fontsize=9)
         ax.set_xlabel("position t (0 skipped)")
         ax.set_ylabel("L2 to target at hidden_states[l+1]")
         ax.legend(loc="lower left", fontsize=7)
@@ -103,7 +105,6 @@ def sweep(e2: pd.DataFrame) -> plt.Figure:
         ax.errorbar(g["alpha"], g["recovered_minus_natural_mean"], yerr=g["recovered_minus_natural_std"],
                     color="grey", ls="--", marker="s", ms=4, capsize=2, label="‖recovered − natural‖")
         ax.grid(alpha=0.3)
-        ax.set_title(f"{model} / {vector}", fontsize=9)
         ax.set_xlabel("α")
         ax.set_ylabel("mean per-token L2")
         ax.legend(fontsize=7)
@@ -125,7 +126,6 @@ def sweep_positions(positions: pd.DataFrame) -> plt.Figure:
             s = g[g["alpha"] == a].groupby("position")["top1"].mean()
             ax.plot(s.index, s.to_numpy(), color=cmap(i / max(1, len(alphas) - 1)), lw=1, label=f"α={a:g}")
         ax.set_yscale("log")
-        ax.set_title(f"{model} / {vector}", fontsize=9)
         ax.set_xlabel("position t")
         ax.set_ylabel("steered top-1 L2")
         ax.legend(fontsize=6, ncol=2)
@@ -143,6 +143,7 @@ def many_shot(summary: pd.DataFrame, positions: pd.DataFrame) -> tuple[plt.Figur
         g = summary[(summary["model"] == model) & (summary["vector"] == vector)]
         m = g.groupby("n_shots").mean(numeric_only=True)
         ax = axes[row][0]
+        ax.set_title(f"{model} / {vector}", fontsize=9)
         for span, style in (("instruction", "-o"), ("response", "-s"), ("all", "-^")):
             ax.plot(m.index, m[f"l2_{span}"], style, ms=4, label=f"L2 {span}")
         ax.set_xscale("symlog", base=2, linthresh=1)
@@ -150,7 +151,6 @@ def many_shot(summary: pd.DataFrame, positions: pd.DataFrame) -> tuple[plt.Figur
         ax.set_xticks(ticks, [str(n) for n in ticks])
         ax.set_xlabel("N demonstrations")
         ax.set_ylabel("L2 to steered target")
-        ax.set_title(f"{model} / {vector}", fontsize=9)
         twin = ax.twinx()
         twin.plot(m.index, m["attack_success"], "r--", marker="x", label="attack success")
         twin.set_ylim(-0.05, 1.05)
@@ -192,7 +192,6 @@ def soft_prefix(e5: pd.DataFrame) -> plt.Figure:
         ax.plot(m.index, m["soft"], "-o", ms=3, color=STEERED[0], label="soft prefix")
         ax.plot(m.index, m["projected"], "--s", ms=3, color="grey", label="projected to tokens")
         ax.axhline(g["delta_h"].mean(), color="black", ls=":", lw=1, label="‖Δh‖ (no prefix)")
-        ax.set_title(f"{model} / {vector}", fontsize=9)
         ax.set_xlabel("prefix length p")
         ax.set_ylabel("per-token L2 to steered states")
         ax.legend(fontsize=7)
@@ -220,7 +219,6 @@ def scale(pairs: pd.DataFrame) -> plt.Figure:
             ax.hist(s, bins=bins, alpha=0.5, color=colour, label=label, density=True)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_title(f"{model} / {vector}", fontsize=9)
         ax.set_xlabel("mean per-token L2 at hidden_states[l+1]")
         ax.set_ylabel("density")
         ax.legend(fontsize=7)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from steerlimits.config import derive_seed
 from steerlimits.invert import TruncatedLM, embedding_matrix, gcg_search
-from steerlimits.papera.context import ModelContext, common_prefix_len
+from steerlimits.papera.context import ModelContext, common_prefix_len, responses_xy
 from steerlimits.papera.generation import greedy, greedy_embeds
 from steerlimits.scoring import is_refusal
 
@@ -84,11 +84,7 @@ def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
     tl = TruncatedLM(model, m, ctx.spec.layers_path)
     table = embedding_matrix(model).detach()
     rows = []
-    for r in list(responses)[:cfg["n_prompts"]]:
-        x, y = list(r["x"]), list(r["y"])[:cfg["y_tokens"]]
-        if not y:
-            logger.warning("E4 prompt %d: empty steered response, skipped", r["prompt"])
-            continue
+    for idx, x, y in responses_xy(responses, cfg["n_prompts"], cfg["y_tokens"], "E4"):
         head, tail = spans(ctx, vector, x)
         seq = x + y
         target = ctx.states(vector, seq, steered=True).detach()
@@ -96,7 +92,7 @@ def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
         keep = list(range(1, len(seq)))
         y_keep = list(range(len(x), len(seq)))
         gap, gap_y = _l2(natural, target, keep), _l2(natural, target, y_keep)
-        seed = derive_seed(ctx.config["seed"], "paperA-e4", ctx.key, vector, r["prompt"])
+        seed = derive_seed(ctx.config["seed"], "paperA-e4", ctx.key, vector, idx)
 
         def evaluate(mode: str, method: str, prompt_ids: list[int] | None, prompt_e: Tensor | None,
                      n_ins: int, extra: dict[str, Any]) -> None:
@@ -119,13 +115,13 @@ def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
             l2_free = (float(torch.linalg.vector_norm(h_fr[n_prompt:n_prompt + k] - target[len(x):len(x) + k],
                                                       dim=-1).mean()) if h_fr is not None and k else float("nan"))
             text = ctx.tok.decode(gen, skip_special_tokens=True)
-            rows.append({"model": ctx.key, "vector": vector, "prompt": r["prompt"], "mode": mode, "method": method,
+            rows.append({"model": ctx.key, "vector": vector, "prompt": idx, "mode": mode, "method": method,
                          "l2_teacher_forced": l2_tf, "l2_teacher_forced_response": l2_tf_y,
                          "l2_free_response": l2_free, "delta_h": gap, "delta_h_response": gap_y,
                          "ratio_to_delta_h": l2_tf / gap, "exact_match": gen == y,
                          "token_overlap": sum(a == b for a, b in zip(gen, y)) / len(y) if y else float("nan"),
                          "attack_success": float(not is_refusal(text)), "continuation": text, **extra})
-            logger.info("E4 prompt %d %s/%s: teacher-forced L2 %.3g (Δh %.3g), exact %s", r["prompt"], mode, method,
+            logger.info("E4 prompt %d %s/%s: teacher-forced L2 %.3g (Δh %.3g), exact %s", idx, mode, method,
                         l2_tf, gap, gen == y)
 
         evaluate("replacement", "original", x, None, 0, {})
