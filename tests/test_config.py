@@ -11,16 +11,15 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from steerlimits.config import ConfigError, check_config, layer_for
+from steerlimits.settings import ConfigError, check_config, load_config
+from steerlimits.settings.core import layer_of
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = str(ROOT / "workflow/schemas/config.schema.yaml")
 
 
 def _load(name: str) -> dict:
-    cfg = yaml.safe_load((ROOT / "config" / name).read_text())
-    validate(cfg, SCHEMA)
-    return cfg
+    return load_config(ROOT / "config" / name)
 
 
 @pytest.mark.parametrize("name", ["default.yaml", "smoke.yaml", "paper.yaml"])
@@ -30,8 +29,8 @@ def test_shipped_configs_are_valid(name: str) -> None:
 
 def test_middle_layer_is_L_over_2() -> None:
     cfg = _load("default.yaml")
-    assert layer_for(cfg, "smollm2-135m") == 15 and layer_for(cfg, "qwen2.5-coder-0.5b") == 12
-    assert layer_for(cfg, "gemma3-270m") == 9
+    assert layer_of(cfg, "smollm2-135m") == 15 and layer_of(cfg, "qwen2.5-coder-0.5b") == 12
+    assert layer_of(cfg, "gemma3-270m") == 9
 
 
 @pytest.mark.parametrize(
@@ -92,7 +91,8 @@ def test_workflow_refuses_bad_config_before_any_job(tmp_path: Path) -> None:
     cfg["models"]["tiny-llama"]["layer"] = 17
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    res = _snakemake("-n", "--configfile", str(bad), cwd=ROOT)
+    res = _snakemake("-n", "--configfile", str(bad), "--directory", str(tmp_path), "--snakefile",
+                     str(ROOT / "Snakefile"), cwd=ROOT)
     assert res.returncode != 0
     assert "models.tiny-llama.layer = 17" in res.stdout + res.stderr
 

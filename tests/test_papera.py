@@ -28,6 +28,8 @@ from steerlimits.papera.inversion import SearchSetup, invert_condition, natural_
 from steerlimits.papera.optimise import nearest_tokens
 from steerlimits.papera.ranking import DecoderRank, _interleave, fit_decoder
 from steerlimits.papera.scale import cross_prompt
+from steerlimits.settings import from_params
+from steerlimits.settings.papera import E3, PaperAContext, VectorSite
 
 torch.set_num_threads(1)
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "paperA.schema.yaml"
@@ -50,11 +52,10 @@ def ctx(request: pytest.FixtureRequest) -> ModelContext:
                                                     "seed": 1})
     gen = torch.Generator().manual_seed(0)
     vecs = {v: torch.randn(64, generator=gen) * 3 for v in ("refusal", "persona_evil")}
-    config = {"seed": 3, "run": "test", "paperA": _settings(), "vectors": {"format": {}}}
     spec = ModelSpec(key="tiny", source="random", architecture=request.param, n_layers=4, d_model=64)
-    return ModelContext(key="tiny", model=model, tok=tok, spec=spec, config=config,
-                        layer={"refusal": LAYER, "persona_evil": LAYER}, alpha={"refusal": -1.0, "persona_evil": 1.0},
-                        fmt={"refusal": "chat", "persona_evil": "chat"}, vectors=vecs)
+    sites = {"refusal": VectorSite(LAYER, -1.0, "chat"), "persona_evil": VectorSite(LAYER, 1.0, "chat")}
+    settings = PaperAContext(spec, "mean_diff_last", sites, seed=3, data_dir="data", refusal_trained=True)
+    return ModelContext(key="tiny", model=model, tok=tok, spec=spec, settings=settings, vectors=vecs)
 
 
 def _setup(ctx: ModelContext, n_candidates: int = 16) -> SearchSetup:
@@ -226,8 +227,8 @@ def test_many_shot_cache_reproduces_a_full_pass(ctx: ModelContext) -> None:
     x = ctx.encode("refusal", "write something rude")
     y = [int(t) for t in torch.randint(10, 400, (4,), generator=torch.Generator().manual_seed(1))]
     rows = [{"prompt": 0, "x": x, "y": y, "y_text": "sure"}]
-    res = run_e3(ctx, "refusal", rows)
-    demos = demo_pool(ctx, "refusal", 2, 4, 4, int(ctx.config["seed"]), 16)
+    res = run_e3(ctx, "refusal", rows, from_params(E3, _settings()["e3"]))
+    demos = demo_pool(ctx, "refusal", 2, 4, 4, ctx.seed, 16)
     m = LAYER + 1
     target = ctx.states("refusal", x + y, steered=True)
     for n in (0, 1, 2):

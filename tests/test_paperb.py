@@ -17,21 +17,26 @@ from steerlimits.data import Prompt
 from steerlimits.paperb import claims as C
 from steerlimits.paperb import nullspace_step as N
 from steerlimits.paperb import tables as T
-from steerlimits.paperb.generation import run_pool, score_rows
+from steerlimits.paperb.generation import run_pool
 from steerlimits.paperb.logits import PrefixCache, logit_metrics, next_token_logits, plan_offsets
 from steerlimits.paperb.plan import Condition, env_indices, plan_pool
+from steerlimits.scoring import score_table
+from steerlimits.settings import stage, validate_config
+from steerlimits.settings.paperb import PaperBGenerate
 from steerlimits.prompting import encode_all
 from steerlimits.steer import GenerationConfig, generate
 
 SCHEMA = str(Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "paperB.schema.yaml")
 
 
-def _pb(**over: object) -> dict:
-    cfg = {"enabled": True, "e1": {"n_stems": 4, "n_seeds": 3, "samples_v": 2},
-           "e2": {"alphas": [0, 0.5, 1, 2], "n_seeds": 2}, "e3": {"n_prompts": 3, "n_seeds": 2},
-           "e5": {"n_prompts": 4}, "e6": {"n_directions": 3, "samples": 2, "ks": [1, 2, 4], "n_draws": 2}, **over}
-    validate(cfg, SCHEMA)
-    return cfg
+def _pb(**over: object) -> PaperBGenerate:
+    """The ``paperB_generate`` settings of a small config, resolved as the workflow resolves them."""
+    pb = {"enabled": True, "e1": {"n_stems": 4, "n_seeds": 3, "samples_v": 2},
+          "e2": {"alphas": [0, 0.5, 1, 2], "n_seeds": 2}, "e3": {"n_prompts": 3, "n_seeds": 2},
+          "e5": {"n_prompts": 4}, "e6": {"n_directions": 3, "samples": 2, "ks": [1, 2, 4], "n_draws": 2}, **over}
+    config = validate_config({"run": "t", "seed": 1, "paperB": pb, "models": {"tiny": {
+        "source": "random", "architecture": "llama", "random": {"n_layers": 2, "d_model": 24}}}})
+    return stage(config, "paperB_generate", model="tiny", trait="sentiment")
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +148,7 @@ def test_mixed_condition_batches_equal_separate_runs_and_scoring_sees_continuati
             return np.array([len(t) for t in texts], float)
 
     rec = Recorder()
-    scored = score_rows(pd.DataFrame(rows), rec)
+    scored = score_table(pd.DataFrame(rows), rec)
     assert rec.seen == [r["continuation"] for r in rows]
     assert (scored["score"] == scored["continuation"].str.len()).all()
     for r in rows:

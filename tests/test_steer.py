@@ -69,6 +69,7 @@ def test_limit_keeps_first_jobs(tiny_llama) -> None:
 def test_explicit_decoding_is_really_explicit_and_faithful_uses_shipped_defaults(tiny_llama, monkeypatch) -> None:
     """Trap: leaving top_k unset lets transformers apply top-k 50; explicit decoding must switch it off."""
     from steerlimits.paperb.steps import decoding_settings
+    from steerlimits.settings.paperb import Decoding
 
     model, tok = tiny_llama
     seen: list[set[str]] = []
@@ -81,13 +82,12 @@ def test_explicit_decoding_is_really_explicit_and_faithful_uses_shipped_defaults
 
     monkeypatch.setattr(model, "_get_logits_processor", spy)
     ids = encode_all(tok, PROMPTS[:2], "raw")
-    pb = {"top_p": 1.0, "decoding": "explicit"}
-    explicit = decoding_settings(pb, model)
+    explicit = decoding_settings(Decoding("explicit", temperature=0.8, top_p=1.0, batch_size=2), model)
     assert explicit["top_k"] is None and explicit["repetition_penalty"] is None
     generate(model, tok, ids, GenerationConfig(max_new_tokens=2, batch_size=2), progress=False)
     assert seen[-1] == {"TemperatureLogitsWarper"}
 
-    faithful = decoding_settings({**pb, "decoding": "faithful"}, model)
+    faithful = decoding_settings(Decoding("faithful", temperature=0.8, top_p=1.0, batch_size=2), model)
     assert faithful["top_k"] == 50 and faithful["source"]["top_k"] == "transformers global default"
     cfg = GenerationConfig(max_new_tokens=2, batch_size=2, top_k=faithful["top_k"], top_p=faithful["top_p"],
                            repetition_penalty=faithful["repetition_penalty"])

@@ -114,7 +114,8 @@ def data_dir_path(data_dir: str | Path | None = None) -> Path:
     Parameters
     ----------
     data_dir : str | Path | None
-        Explicit folder; if ``None``, ``$STEERLIMITS_DATA_DIR`` or ``<repo>/data`` is used.
+        Explicit folder (a relative path is relative to the repository, as ``data_dir`` in the config); if
+        ``None``, ``$STEERLIMITS_DATA_DIR`` or ``<repo>/data`` is used.
 
     Returns
     -------
@@ -131,6 +132,7 @@ def data_dir_path(data_dir: str | Path | None = None) -> Path:
         path = Path(env) if env else Path(__file__).resolve().parents[2] / "data"
     else:
         path = Path(data_dir)
+        path = path if path.is_absolute() else Path(__file__).resolve().parents[2] / path
     if not path.is_dir():
         raise FileNotFoundError(f"data folder not found: {path} (set data_dir or ${ENV_VAR})")
     return path

@@ -1,4 +1,4 @@
-"""Provenance and atomic writes: every output records config hash, model sha256, code version and seed.
+"""Provenance and atomic writes: every output records its job (rule, config hash, settings), model and code.
 
 Writes go to a temporary file in the destination folder and are moved into place with ``os.replace``, so a
 finished-looking file is never partial.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
+import glob
 import json
 import os
 import subprocess
@@ -25,8 +25,8 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "code_version",
-    "config_hash",
-    "provenance",
+    "job_context",
+    "record",
     "sidecar_path",
     "write_with_sidecar",
 ]
@@ -58,26 +58,27 @@ def code_version() -> str:
     return f"steerlimits-{__version__}" + (f"+{out}" if out else "")
 
 
-def _canonical(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+#: What the running job is (set by :func:`job_context`; read by :func:`record`).
+_JOB: dict[str, Any] = {}
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
-    """First 16 hex digits of the sha256 of the canonical JSON of ``config``."""
-    return hashlib.sha256(_canonical(dict(config)).encode()).hexdigest()[:16]
+@contextlib.contextmanager
+def job_context(**job: Any) -> Iterator[None]:
+    """Record the running job (rule, config hash, stage settings and their hash) in every sidecar written inside."""
+    previous = dict(_JOB)
+    _JOB.clear()
+    _JOB.update(job)
+    try:
+        yield
+    finally:
+        _JOB.clear()
+        _JOB.update(previous)
 
 
-def provenance(config: Mapping[str, Any] | None, *, model_sha256: str | None = None,
-               seed: int | None = None, **extra: Any) -> dict[str, Any]:
-    """The provenance block stored beside every output."""
-    rec: dict[str, Any] = {
-        "config_hash": config_hash(config) if config is not None else None,
-        "model_sha256": model_sha256,
-        "code_version": code_version(),
-        "seed": seed,
-    }
-    rec.update(extra)
-    return rec
+def record(**extra: Any) -> dict[str, Any]:
+    """The provenance block stored beside every output: code version, the job (rule, config hash, stage settings
+    and their hash), plus ``extra`` (model sha256, sizes, notes, timings)."""
+    return {"code_version": code_version(), **_JOB, **extra}
 
 
 @contextlib.contextmanager
@@ -85,6 +86,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it onto ``path``, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):  # left by a killed earlier attempt
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from steerlimits import corpora
-from steerlimits.provenance import provenance, sidecar_path, write_with_sidecar
+from steerlimits.provenance import record, sidecar_path, write_with_sidecar
 
 __all__ = [
     "MAX_CHARS",
@@ -45,6 +45,7 @@ __all__ = [
     "Scorer",
     "ScorerInfo",
     "default_heads_dir",
+    "score_table",
     "embed",
     "formality_training_set",
     "head_path",
@@ -426,7 +427,7 @@ def train_heads(out_dir: Path, *, n_train: int, seed: int, embed_batch_size: int
         texts = df["text"].tolist()
         x = embed(texts, batch_size=embed_batch_size, cache=True)
         clf = LogisticRegression(C=1.0, max_iter=2000).fit(x, df["label"].to_numpy())
-        meta = provenance(None, seed=seed, scorer=name, encoder=ENCODER, head="LogisticRegression(C=1.0)",
+        meta = record(seed=seed, scorer=name, encoder=ENCODER, head="LogisticRegression(C=1.0)",
                           n_train=len(df), label_counts=df["label"].value_counts().to_dict(),
                           classes=[str(c) for c in clf.classes_], sklearn_version=sklearn.__version__,
                           train_accuracy=float(clf.score(x, df["label"].to_numpy())),
@@ -462,3 +463,13 @@ def load_scorer(name: str, heads_dir: Path | None = None) -> Scorer:
         "vader": _vader_fn, "textblob": lambda: _textblob,
     }
     return _FnScorer(info, fns[name]())
+
+
+def score_table(df: pd.DataFrame, scorer: Scorer) -> pd.DataFrame:
+    """``df`` with ``score`` (of the ``continuation`` column only, never the prompt), ``scorer`` and
+    ``substitute_for`` columns: the one scoring step of steered generations (dose-response and paper B)."""
+    out = df.copy()
+    out["score"] = scorer.score(out["continuation"].fillna("").astype(str).tolist())
+    out["scorer"] = scorer.info.name  # type: ignore[attr-defined]
+    out["substitute_for"] = scorer.info.substitute_for or ""  # type: ignore[attr-defined]
+    return out

@@ -8,9 +8,11 @@ rule claims:
             caption="../report/claims.rst",
             category="Claims",
         ),
+    params:
+        settings=settings("claims"),
     log:
         f"{LOGS}/claims.log",
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/claims.py"
+        STEP

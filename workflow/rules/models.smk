@@ -4,7 +4,7 @@ rule prepare_model:
         marker="models/{model}/steerlimits_model.json",
         meta=f"{RESULTS}/models/{{model}}.json",
     params:
-        entry=model_entry,
+        settings=settings("prepare_model"),
     log:
         f"{LOGS}/prepare_model/{{model}}.log",
     benchmark:
@@ -16,4 +16,4 @@ rule prepare_model:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/prepare_model.py"
+        STEP

@@ -2,11 +2,9 @@
 # Per model: E1 + E2 inversion with certificates -> E1 behaviour (generations from x, steered x, recovered ids);
 # steered responses y -> E3 many-shot, E4 tuning/GCG, E6 copying; E5 soft prefix; E7 cross-prompt scale.
 # Then tables A-T1..T5 (+ E2, E3, behaviour), figures A-F1..F6 and claims A1..A12.
-# Spec: /work/shared/spec/paper-A-nonsurjectivity.md; settings: workflow/schemas/paperA.schema.yaml.
+# Docs: docs/paperA.md; settings: workflow/schemas/paperA.schema.yaml -> steerlimits.settings.papera.
 from steerlimits.papera import FIGURES as PA_FIGURE_STEMS, TABLE_FILES as PA_TABLE_FILES
 
-
-validate(config["paperA"], "../schemas/paperA.schema.yaml")
 
 PA = config["paperA"]
 PA_DIR = f"{RESULTS}/paperA"
@@ -32,24 +30,16 @@ PA_RAW = {  # raw per-model tables read by the tables, figures and claims rules
 }
 
 if PA["enabled"]:
-    _missing = [v for v in PA_VECTORS if v not in BEHAVIOURS]
-    if _missing:
-        raise WorkflowError(f"paperA vectors {_missing} are not extracted: add them to vectors.behaviours")
-    _unknown = [m for m in PA_MODELS if m not in MODELS]
-    if _unknown:
-        raise WorkflowError(f"paperA.models {_unknown} are not in the config's models {MODELS}")
     PAPER_TARGETS.extend(list(PA_TABLES.values()) + list(PA_FIGURES.values()))
     CLAIM_TABLES.append(f"{PA_DIR}/claims.csv")
 
-_PA_COMMON = {k: PA[k] for k in ("vectors", "method", "alpha", "alpha_overrides", "layers")}
-PA_SETTINGS = {  # per rule: the settings it reads (a change reruns it)
-    "inversion": {**_PA_COMMON, **{k: PA[k] for k in ("n_prompts", "decoder", "e1", "e2")}},
-    "behaviour": {**_PA_COMMON, "max_new_tokens": PA["max_new_tokens"]},
-    "responses": {**_PA_COMMON, **{k: PA[k] for k in ("responses", "e3", "e4", "e6")}},
-    **{e: {**_PA_COMMON, "responses": PA["responses"], e: PA[e], "max_new_tokens": PA["max_new_tokens"]}
-       for e in ("e3", "e4", "e5", "e6", "e7")},
-}
-PA_VECTOR_FILES = expand(f"{RESULTS}/vectors/{{{{model}}}}/{{v}}.safetensors", v=PA_VECTORS)
+
+
+def pa_vectors(which):
+    """The vector files of ``which`` paper-A vectors, for one model."""
+    return expand(f"{RESULTS}/vectors/{{{{model}}}}/{{v}}.safetensors", v=sorted(set(which)))
+
+
 PA_RAW_ALL = {key: expand(path, model=PA_MODELS) for key, path in PA_RAW.items()}
 
 
@@ -57,15 +47,14 @@ rule paperA_inversion:
     """E1 natural vs steered inversion (10 prompts per vector) + E2 coefficient sweep + certificates."""
     input:
         model=model_marker,
-        vectors=PA_VECTOR_FILES,
+        vectors=pa_vectors(PA["vectors"]),
         data=DATA_FILES,
     output:
         positions=PA_RAW["positions"],
         prompts=PA_RAW["prompts"],
         certificates=PA_RAW["certificates"],
     params:
-        vectors=PA_VECTORS,
-        settings=PA_SETTINGS["inversion"],
+        settings=settings("paperA_inversion"),
     log:
         f"{LOGS}/paperA/inversion/{{model}}.log",
     benchmark:
@@ -78,20 +67,19 @@ rule paperA_inversion:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperA_inversion.py"
+        STEP
 
 
 rule paperA_behaviour:
     """E1 behaviour: greedy generations from x, steered x and the recovered ids (unsteered), scored."""
     input:
         model=model_marker,
-        vectors=PA_VECTOR_FILES,
+        vectors=pa_vectors(PA["vectors"]),
         prompts=PA_RAW["prompts"],
     output:
         table=PA_RAW["behaviour"],
     params:
-        vectors=PA_VECTORS,
-        settings=PA_SETTINGS["behaviour"],
+        settings=settings("paperA_behaviour"),
     log:
         f"{LOGS}/paperA/behaviour/{{model}}.log",
     benchmark:
@@ -104,19 +92,18 @@ rule paperA_behaviour:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperA_behaviour.py"
+        STEP
 
 
 rule paperA_responses:
     """Steered greedy responses y to the first test prompts (shared by E3, E4, E6)."""
     input:
         model=model_marker,
-        vectors=PA_VECTOR_FILES,
+        vectors=pa_vectors(PA["responses"]["vectors"]),
     output:
         responses=f"{PA_DIR}/responses/{{model}}.json",
     params:
-        vectors=PA_VECTORS,
-        settings=PA_SETTINGS["responses"],
+        settings=settings("paperA_responses"),
     log:
         f"{LOGS}/paperA/responses/{{model}}.log",
     benchmark:
@@ -126,22 +113,21 @@ rule paperA_responses:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperA_responses.py"
+        STEP
 
 
 rule paperA_e3:
     """E3 many-shot ICL: distance to the steered states and attack success vs N demonstrations."""
     input:
         model=model_marker,
-        vectors=PA_VECTOR_FILES,
+        vectors=pa_vectors(PA["responses"]["vectors"]),
         responses=f"{PA_DIR}/responses/{{model}}.json",
         data=DATA_FILES,
     output:
         summary=PA_RAW["e3"],
         positions=PA_RAW["e3_positions"],
     params:
-        vectors=PA_VECTORS,
-        settings=PA_SETTINGS["e3"],
+        settings=settings("paperA_e3"),
     log:
         f"{LOGS}/paperA/e3/{{model}}.log",
     benchmark:
@@ -154,20 +140,19 @@ rule paperA_e3:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperA_e3.py"
+        STEP
 
 
 rule paperA_e4:
     """E4 prompt tuning (replacement, prefix; projected) and GCG-style optimisation towards the steered states."""
     input:
         model=model_marker,
-        vectors=PA_VECTOR_FILES,
+        vectors=pa_vectors(PA["responses"]["vectors"]),
         responses=f"{PA_DIR}/responses/{{model}}.json",
     output:
         table=PA_RAW["e4"],
     params:
-        vectors=PA_VECTORS,
-        settings=PA_SETTINGS["e4"],
+        settings=settings("paperA_e4"),
     log:
         f"{LOGS}/paperA/e4/{{model}}.log",
     benchmark:
@@ -180,20 +165,19 @@ rule paperA_e4:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperA_e4.py"
+        STEP
 
 
 rule paperA_e5:
     """E5 soft prefix of length p, then projection to tokens."""
     input:
         model=model_marker,
-        vectors=PA_VECTOR_FILES,
+        vectors=pa_vectors(PA["responses"]["vectors"]),
     output:
         table=PA_RAW["e5"],
         generations=PA_RAW["e5_generations"],
     params:
-        vectors=PA_VECTORS,
-        settings=PA_SETTINGS["e5"],
+        settings=settings("paperA_e5"),
     log:
         f"{LOGS}/paperA/e5/{{model}}.log",
     benchmark:
@@ -206,20 +190,19 @@ rule paperA_e5:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperA_e5.py"
+        STEP
 
 
 rule paperA_e6:
     """E6 copying baseline: explicit repetition and ICL-n copies of the steered response."""
     input:
         model=model_marker,
-        vectors=PA_VECTOR_FILES,
+        vectors=pa_vectors(PA["responses"]["vectors"]),
         responses=f"{PA_DIR}/responses/{{model}}.json",
     output:
         table=PA_RAW["e6"],
     params:
-        vectors=PA_VECTORS,
-        settings=PA_SETTINGS["e6"],
+        settings=settings("paperA_e6"),
     log:
         f"{LOGS}/paperA/e6/{{model}}.log",
     benchmark:
@@ -229,21 +212,20 @@ rule paperA_e6:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperA_e6.py"
+        STEP
 
 
 rule paperA_e7:
     """E7 steering displacement vs cross-prompt distances (test prompts, paraphrase groups)."""
     input:
         model=model_marker,
-        vectors=PA_VECTOR_FILES,
+        vectors=pa_vectors(PA["e7"]["vectors"]),
         data=DATA_FILES,
     output:
         ratios=PA_RAW["e7"],
         pairs=PA_RAW["e7_pairs"],
     params:
-        vectors=PA_VECTORS,
-        settings=PA_SETTINGS["e7"],
+        settings=settings("paperA_e7"),
     log:
         f"{LOGS}/paperA/e7/{{model}}.log",
     benchmark:
@@ -253,7 +235,7 @@ rule paperA_e7:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperA_e7.py"
+        STEP
 
 
 rule paperA_tables:
@@ -265,12 +247,14 @@ rule paperA_tables:
             key: report(path, caption="../report/paperA_tables.rst", category="Paper A", labels={"table": key})
             for key, path in PA_TABLES.items()
         },
+    params:
+        settings=settings("paperA_tables"),
     log:
         f"{LOGS}/paperA/tables.log",
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperA_tables.py"
+        STEP
 
 
 rule paperA_figures:
@@ -283,12 +267,14 @@ rule paperA_figures:
             key: report(path, caption="../report/paperA_figures.rst", category="Paper A", labels={"figure": key})
             for key, path in PA_FIGURES.items()
         },
+    params:
+        settings=settings("paperA_figures"),
     log:
         f"{LOGS}/paperA/figures.log",
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperA_figures.py"
+        STEP
 
 
 rule paperA_claims:
@@ -297,9 +283,11 @@ rule paperA_claims:
         **PA_RAW_ALL,
     output:
         table=report(f"{PA_DIR}/claims.csv", caption="../report/paperA_claims.rst", category="Paper A"),
+    params:
+        settings=settings("paperA_claims"),
     log:
         f"{LOGS}/paperA/claims.log",
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperA_claims.py"
+        STEP

@@ -1,11 +1,9 @@
 # Paper B (non-identifiability) rules: enabled by `paperB: {enabled: true}` in the config (issue 4).
 # E7 null space per model -> one generation pool per model x trait (E1, E2, E3, E5, E6; shared conditions generated
 # once) -> continuation-only scores; E4 logits per model x trait (no sampling) -> tables B-T1..T7 -> claims B0-B10
-# and figures B-F1..F8. Spec: /work/shared/spec/paper-B-nonidentifiability.md; settings: paperB.schema.yaml.
+# and figures B-F1..F8. Docs: docs/paperB.md; settings: paperB.schema.yaml -> steerlimits.settings.paperb.
 from steerlimits.paperb import FIGURE_FILES, TABLE_FILES
 
-
-validate(config["paperB"], "../schemas/paperB.schema.yaml")
 
 PB = config["paperB"]
 PB_DIR = f"{RESULTS}/paperB"
@@ -20,12 +18,6 @@ PB_FIGURES = {  # output name "F1_png" <-> figure B-F1
 }
 
 if PB["enabled"]:
-    _missing = [t for t in PB_TRAITS if t not in BEHAVIOURS]
-    if _missing:
-        raise WorkflowError(f"paperB.traits {_missing} have no vectors: add them to vectors.behaviours")
-    _unknown = [m for m in PB_MODELS if m not in MODELS]
-    if _unknown:
-        raise WorkflowError(f"paperB.models {_unknown} are not in the config's models {MODELS}")
     PAPER_TARGETS.extend(list(PB_TABLES.values()) + list(PB_FIGURES.values()))
     CLAIM_TABLES.append(f"{PB_DIR}/claims.csv")
 PB_POOLS = [(m, t) for m in PB_MODELS for t in PB_TRAITS]  # one generation pool per model x trait
@@ -46,6 +38,8 @@ rule paperB_nullspace:
     output:
         bases=f"{PB_DIR}/nullspace/{{model}}.safetensors",
         table=f"{PB_DIR}/nullspace/{{model}}.csv",
+    params:
+        settings=settings("paperB_nullspace"),
     log:
         f"{LOGS}/paperB/nullspace/{{model}}.log",
     benchmark:
@@ -57,7 +51,7 @@ rule paperB_nullspace:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperB_nullspace.py"
+        STEP
 
 
 rule paperB_generate:
@@ -72,6 +66,8 @@ rule paperB_generate:
         perturbations=f"{PB_DIR}/generations/{{model}}/{{trait}}.perturbations.safetensors",
     wildcard_constraints:
         trait=PB_TRAIT_RE,
+    params:
+        settings=settings("paperB_generate"),
     log:
         f"{LOGS}/paperB/generate/{{model}}/{{trait}}.log",
     benchmark:
@@ -83,7 +79,7 @@ rule paperB_generate:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperB_generate.py"
+        STEP
 
 
 rule paperB_score:
@@ -95,7 +91,7 @@ rule paperB_score:
     output:
         scores=PB_SCORES,
     params:
-        traits=[t for _, t in PB_POOLS],
+        settings=settings("paperB_score"),
     log:
         f"{LOGS}/paperB/score.log",
     benchmark:
@@ -107,7 +103,7 @@ rule paperB_score:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperB_score.py"
+        STEP
 
 
 rule paperB_logits:
@@ -119,7 +115,7 @@ rule paperB_logits:
     output:
         rows=f"{PB_DIR}/logits/{{model}}.csv",
     params:
-        traits=PB_TRAITS,
+        settings=settings("paperB_logits"),
     log:
         f"{LOGS}/paperB/logits/{{model}}.log",
     benchmark:
@@ -131,7 +127,7 @@ rule paperB_logits:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperB_logits.py"
+        STEP
 
 
 rule paperB_tables:
@@ -148,6 +144,8 @@ rule paperB_tables:
         t5=PB_TABLES["t5"],
         t6=PB_TABLES["t6"],
         t7=report(PB_TABLES["t7"], **PB_REPORT["nullspace"]),
+    params:
+        settings=settings("paperB_tables"),
     log:
         f"{LOGS}/paperB/tables.log",
     benchmark:
@@ -155,7 +153,7 @@ rule paperB_tables:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperB_tables.py"
+        STEP
 
 
 rule paperB_claims:
@@ -164,12 +162,14 @@ rule paperB_claims:
         **PB_TABLES,
     output:
         table=report(f"{PB_DIR}/claims.csv", **PB_REPORT["claims"]),
+    params:
+        settings=settings("paperB_claims"),
     log:
         f"{LOGS}/paperB/claims.log",
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperB_claims.py"
+        STEP
 
 
 rule paperB_figures:
@@ -186,6 +186,8 @@ rule paperB_figures:
             )
             for key, path in PB_FIGURES.items()
         },
+    params:
+        settings=settings("paperB_figures"),
     log:
         f"{LOGS}/paperB/figures.log",
     benchmark:
@@ -193,4 +195,4 @@ rule paperB_figures:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/paperB_figures.py"
+        STEP

@@ -9,9 +9,8 @@ rule validate_scorers:
             caption="../report/scorer_validation.rst",
             category="Scorers",
         ),
-        meta=f"{RESULTS}/scorers/validation.csv.meta.json",
     params:
-        scorers=lookup(dpath="scorers", within=config),
+        settings=settings("validate_scorers"),
     log:
         f"{LOGS}/validate_scorers.log",
     benchmark:
@@ -23,4 +22,4 @@ rule validate_scorers:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/validate_scorers.py"
+        STEP

@@ -3,11 +3,11 @@ rule steer_generate:
     input:
         model=model_marker,
         vectors=f"{RESULTS}/vectors/{{model}}/{{behaviour}}.safetensors",
+        data=DATA_FILES,
     output:
         generations=f"{RESULTS}/steering/{{model}}/{{behaviour}}.jsonl",
-        meta=f"{RESULTS}/steering/{{model}}/{{behaviour}}.jsonl.meta.json",
     params:
-        dose=lookup(dpath="steering/dose_response", within=config),
+        settings=settings("steer_generate"),
     log:
         f"{LOGS}/steer_generate/{{model}}/{{behaviour}}.log",
     benchmark:
@@ -19,7 +19,7 @@ rule steer_generate:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/steer_generate.py"
+        STEP
 
 
 rule score_generations:
@@ -29,11 +29,12 @@ rule score_generations:
         heads=f"{RESULTS}/scorers/heads",
     output:
         scores=f"{RESULTS}/steering/{{model}}/{{behaviour}}.scores.jsonl",
-        meta=f"{RESULTS}/steering/{{model}}/{{behaviour}}.scores.jsonl.meta.json",
     params:
-        scorer=lookup(dpath="steering/dose_response/scorer", within=config),
+        settings=settings("score_generations"),
     log:
         f"{LOGS}/score_generations/{{model}}/{{behaviour}}.log",
+    benchmark:
+        f"{BENCH}/score_generations/{{model}}/{{behaviour}}.tsv"
     resources:
         mem_mb=4000,
         runtime=10,
@@ -41,7 +42,7 @@ rule score_generations:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/score_generations.py"
+        STEP
 
 
 rule dose_response:
@@ -65,10 +66,10 @@ rule dose_response:
         ),
         pdf=f"{FIGURES}/dose_response.pdf",
     params:
-        dose=lookup(dpath="steering/dose_response", within=config),
+        settings=settings("dose_response"),
     log:
         f"{LOGS}/dose_response.log",
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/dose_response.py"
+        STEP

@@ -5,9 +5,8 @@ rule extract_vectors:
         data=DATA_FILES,
     output:
         vectors=f"{RESULTS}/vectors/{{model}}/{{behaviour}}.safetensors",
-        meta=f"{RESULTS}/vectors/{{model}}/{{behaviour}}.safetensors.meta.json",
     params:
-        vectors=lookup(dpath="vectors", within=config),
+        settings=settings("extract_vectors"),
     log:
         f"{LOGS}/extract_vectors/{{model}}/{{behaviour}}.log",
     benchmark:
@@ -19,4 +18,4 @@ rule extract_vectors:
     conda:
         "../../envs/steerlimits.yaml"
     script:
-        "../scripts/extract_vectors.py"
+        STEP

@@ -20,11 +20,12 @@ from torch import Tensor, nn
 
 from steerlimits import data as D
 from steerlimits import hooks
-from steerlimits.config import layer_for, model_specs, prompt_format
-from steerlimits.models import ModelSpec, load_model
+from steerlimits.models import load_prepared
+from steerlimits.registry import ModelSpec
+from steerlimits.settings.papera import PaperAContext
 from steerlimits.prompting import encode
 
-__all__ = ["ModelContext", "common_prefix_len", "load_context", "prompt_format_for", "responses_xy", "sites"]
+__all__ = ["ModelContext", "common_prefix_len", "load_context", "responses_xy"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +38,28 @@ class ModelContext:
     model: nn.Module
     tok: Any
     spec: ModelSpec
-    config: Mapping[str, Any]
-    layer: dict[str, int]
-    alpha: dict[str, float]
-    fmt: dict[str, str]
+    settings: PaperAContext
     vectors: dict[str, Tensor] = field(default_factory=dict)
 
     @property
-    def pa(self) -> Mapping[str, Any]:
-        return self.config["paperA"]
+    def layer(self) -> dict[str, int]:
+        return {v: site.layer for v, site in self.settings.sites.items()}
+
+    @property
+    def alpha(self) -> dict[str, float]:
+        return {v: site.alpha for v, site in self.settings.sites.items()}
+
+    @property
+    def fmt(self) -> dict[str, str]:
+        return {v: site.prompt_format for v, site in self.settings.sites.items()}
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    @property
+    def data_dir(self) -> str:
+        return self.settings.data_dir
 
     @property
     def refusal_trained(self) -> bool:
@@ -56,7 +70,7 @@ class ModelContext:
 
     def prompt_ids(self, vector: str, n: int | None = None) -> list[list[int]]:
         """Token ids of the first ``n`` held-out test prompts of ``vector`` (all when ``n`` is None)."""
-        prompts = D.test_prompts(vector, self.config.get("data_dir"))
+        prompts = D.test_prompts(vector, self.data_dir)
         return [encode(self.tok, p, self.fmt[vector]) for p in prompts[:n]]  # type: ignore[arg-type]
 
     def encode(self, vector: str, user: str) -> list[int]:
@@ -92,39 +106,22 @@ class ModelContext:
                 "vector_norm": float(self.vectors[vector].norm()) if vector in self.vectors else None}
 
 
-def prompt_format_for(config: Mapping[str, Any], vector: str, spec: ModelSpec) -> str:
-    """The vector's extraction format: the chat template once, or a plain frame on a model without one."""
-    fmt = prompt_format(config, vector, spec)
-    return "frame" if fmt == "raw" and config["vectors"]["format"].get(vector) == "chat" else fmt
-
-
-def sites(config: Mapping[str, Any], model: str, vector: str) -> tuple[int, float]:
-    """``(l, α)`` for ``model`` × ``vector``: per-model overrides in ``paperA.layers`` / ``paperA.alpha_overrides``,
-    else the global steering layer (``middle`` = L // 2) and ``paperA.alpha[vector]``."""
-    pa = config["paperA"]
-    layer = pa.get("layers", {}).get(model, {}).get(vector)
-    alpha = pa.get("alpha_overrides", {}).get(model, {}).get(vector, pa["alpha"][vector])
-    return (layer_for(config, model) if layer is None else int(layer)), float(alpha)
-
-
-def load_context(config: Mapping[str, Any], model: str, vector_paths: Mapping[str, str | Path],
+def load_context(s: PaperAContext, marker: str | Path, vector_paths: Sequence[str | Path],
                  load: bool = True) -> ModelContext:
-    """Load ``model`` (float32, eval) and the ``paperA.method`` row ``l`` of each vector file."""
+    """Load the model (float32, eval) and row ``l`` of the ``method`` vectors of each vector file named in
+    ``s.sites`` (``vector_paths`` may hold more; a file's stem names its vector)."""
     from safetensors.torch import load_file
 
-    spec = model_specs(config)[model]
-    mdl, tok = load_model(model, spec) if load else (None, None)
-    layer, alpha, fmt, vecs = {}, {}, {}, {}
-    for vector, path in vector_paths.items():
-        layer[vector], alpha[vector] = sites(config, model, vector)
-        fmt[vector] = prompt_format_for(config, vector, spec)
-        table = load_file(str(path))[config["paperA"]["method"]]
-        if not 0 <= layer[vector] < table.shape[0] - 1:
-            raise ValueError(f"paperA: layer {layer[vector]} of {model}/{vector} leaves no block output to "
+    mdl, tok = load_prepared(s.model, marker) if load else (None, None)
+    paths = {Path(p).stem: p for p in vector_paths}
+    vecs = {}
+    for vector, site in s.sites.items():
+        table = load_file(str(paths[vector]))[s.method]
+        if not 0 <= site.layer < table.shape[0] - 1:
+            raise ValueError(f"paperA: layer {site.layer} of {s.model.key}/{vector} leaves no block output to "
                              f"measure (the model has {table.shape[0]} blocks)")
-        vecs[vector] = table[layer[vector]].float()
-    return ModelContext(key=model, model=mdl, tok=tok, spec=spec, config=config, layer=layer, alpha=alpha,
-                        fmt=fmt, vectors=vecs)
+        vecs[vector] = table[site.layer].float()
+    return ModelContext(key=s.model.key, model=mdl, tok=tok, spec=s.model, settings=s, vectors=vecs)
 
 
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:

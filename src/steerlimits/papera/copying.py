@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from steerlimits.settings.papera import E6
 from steerlimits.papera.context import ModelContext, responses_xy
 from steerlimits.papera.generation import greedy
 
@@ -49,16 +50,15 @@ def _dist(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def run_e6(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def run_e6(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]], cfg: E6) -> pd.DataFrame:
     """One row per prompt × variant × mode (teacher-forced / free)."""
-    cfg = ctx.pa["e6"]
     rows = []
-    for idx, x, y in responses_xy(responses, cfg["n_prompts"], cfg["y_tokens"], "E6"):
+    for idx, x, y in responses_xy(responses, cfg.n_prompts, cfg.y_tokens, "E6"):
         span = slice(len(x), len(x) + len(y))
         steered_ref = ctx.states(vector, x + y, steered=True)[span]
         natural_ref = ctx.states(vector, x + y)[span]
         gap = float(torch.linalg.vector_norm(steered_ref - natural_ref, dim=-1).mean())
-        for variant, prompt in copy_prompts(ctx, vector, x, y, cfg["icl_n"]).items():
+        for variant, prompt in copy_prompts(ctx, vector, x, y, cfg.icl_n).items():
             gen = greedy(ctx, prompt, len(y))
             match = [a == b for a, b in zip(gen, y)]
             prefix_len = next((i for i, ok in enumerate(match) if not ok), len(match))

@@ -20,6 +20,7 @@ import torch
 from steerlimits import data as D
 from steerlimits.invert import embedding_matrix
 from steerlimits.papera.certify import CertItem, certify
+from steerlimits.settings.papera import Decoder, PaperAInversion
 from steerlimits.papera.context import ModelContext
 from steerlimits.papera.inversion import PromptRun, SearchSetup, invert_condition, natural_states
 from steerlimits.papera.ranking import DecoderRank, LinearDecoder, fit_decoder
@@ -30,25 +31,24 @@ __all__ = ["decoder_sequences", "run_e1_e2", "special_ids"]
 logger = logging.getLogger(__name__)
 
 
-def decoder_sequences(ctx: ModelContext, vector: str, seed: int) -> list[list[int]]:
+def decoder_sequences(ctx: ModelContext, vector: str, cfg: Decoder, seed: int) -> list[list[int]]:
     """Training sequences of the linear decoder: training contrast prompts of every paper-A vector, the
     project's neutral stems and the instructions of ``extra_traits`` (never a test prompt), and seeded
     random-token sequences after the template start (coverage of the vocabulary)."""
-    cfg = ctx.pa["decoder"]
-    data_dir = ctx.config.get("data_dir")
+    data_dir = ctx.data_dir
     prompts: list[D.Prompt] = []
-    for behaviour in ctx.pa["vectors"]:
-        for pair in D.contrast_pairs(behaviour, data_dir)[:cfg["max_pairs"]]:
+    for behaviour in cfg.vectors:
+        for pair in D.contrast_pairs(behaviour, data_dir)[:cfg.max_pairs]:
             prompts += [pair.positive, pair.negative]
-    if cfg["extra_texts"]:
+    if cfg.extra_texts:
         prompts += [D.Prompt(t) for t in D.neutral_stems(data_dir)]
-        prompts += [D.Prompt(r[k]) for r in D.load_records("traits", data_dir) if r["trait"] in cfg["extra_traits"]
+        prompts += [D.Prompt(r[k]) for r in D.load_records("traits", data_dir) if r["trait"] in cfg.extra_traits
                     for k in ("positive", "negative")]
     seqs = [encode(ctx.tok, p, ctx.fmt[vector]) for p in prompts]  # type: ignore[arg-type]
     vocab = int(ctx.model.get_input_embeddings().weight.shape[0])
     gen = torch.Generator().manual_seed(seed)
     start = seqs[0][:1] if seqs else []
-    n_seq = -(-int(cfg["random_tokens"]) // 63)
+    n_seq = -(-int(cfg.random_tokens) // 63)
     seqs += [start + torch.randint(0, vocab, (63,), generator=gen).tolist() for _ in range(n_seq)]
     return seqs
 
@@ -98,51 +98,51 @@ def _audit_positions(run: PromptRun, mode: str | int) -> list[int]:
     return sorted({own[int(round(j))] for j in np.linspace(0, len(own) - 1, k)}) if k else []
 
 
-def run_e1_e2(ctx: ModelContext) -> dict[str, Any]:
+def run_e1_e2(ctx: ModelContext, s: PaperAInversion) -> dict[str, Any]:
     """All E1/E2 tables of one model: ``positions``, ``prompts``, ``certificates`` DataFrames and ``meta``."""
-    pa, e1, e2 = ctx.pa, ctx.pa["e1"], ctx.pa["e2"]
-    model, seed = ctx.model, int(ctx.config["seed"])
+    e1, e2 = s.e1, s.e2
+    model, seed = ctx.model, ctx.seed
     table = embedding_matrix(model).detach()
     specials = special_ids(ctx.tok)
     decoders: dict[int, LinearDecoder] = {}
     pos_rows, prompt_rows, cert_items = [], [], {}
-    mode = e1["certify"].get(ctx.key, e1["certify_default"])
+    mode = e1.certify
     meta: dict[str, Any] = {"certify": mode, "decoders": {}, "reused": []}
-    for vector in pa["vectors"]:
+    for vector in ctx.vectors:
         m, l = ctx.measure_at(vector), ctx.layer[vector]
         if m not in decoders:
-            seqs = decoder_sequences(ctx, vector, seed)
-            decoders[m] = fit_decoder(model, seqs, m, pa["decoder"]["ridge"], ctx.spec.layers_path)
+            seqs = decoder_sequences(ctx, vector, s.decoder, seed)
+            decoders[m] = fit_decoder(model, seqs, m, s.decoder.ridge, ctx.spec.layers_path)
             meta["decoders"][m] = {"n_tokens": decoders[m].n_tokens, "n_sequences": len(seqs)}
         rank = DecoderRank(decoders[m], table, first_at_zero=specials)
-        setup = SearchSetup(measure_at=m, inject_layer=l, rank=rank, n_candidates=e1["n_candidates"],
-                            batch_size=e1["batch_size"], top_k=e1["top_k"], seed=seed,
+        setup = SearchSetup(measure_at=m, inject_layer=l, rank=rank, n_candidates=e1.n_candidates,
+                            batch_size=e1.batch_size, top_k=e1.top_k, seed=seed,
                             layers_path=ctx.spec.layers_path)
-        prompts = ctx.prompt_ids(vector, pa["n_prompts"])
+        prompts = ctx.prompt_ids(vector, s.n_prompts)
         nat = {i: natural_states(model, p, m, ctx.spec.layers_path) for i, p in enumerate(prompts)}
         v, alpha = ctx.vectors[vector], ctx.alpha[vector]
         base = {"model": ctx.key, "vector": vector, "layer": l, "measure_at": m, "n_prechecked": 0}
         natural = invert_condition(model, prompts, setup, natural=nat)
         warm = {r.prompt_index: r.recovered for r in natural}
-        setup1 = setup if e1["gradient_ranking"] else replace(setup, rank=rank.decoder_only())
+        setup1 = setup if e1.gradient_ranking else replace(setup, rank=rank.decoder_only())
         steered = invert_condition(model, prompts, setup1, vector=v, alpha=alpha, natural=nat, warm=warm)
         runs: list[tuple[dict[str, Any], list[PromptRun]]] = [
             ({**base, "experiment": "E1", "condition": "natural", "alpha": 0.0, "n_candidates": 0,
               "n_prechecked": setup.precheck}, natural),
             ({**base, "experiment": "E1", "condition": "steered", "alpha": alpha,
-              "n_candidates": e1["n_candidates"]}, steered)]
-        n2 = min(e2["n_prompts"], len(prompts))
-        rank2 = rank if e2["gradient_ranking"] else rank.decoder_only()
-        setup2 = replace(setup, n_candidates=e2["n_candidates"], rank=rank2)
+              "n_candidates": e1.n_candidates}, steered)]
+        n2 = min(e2.n_prompts, len(prompts))
+        rank2 = rank if e2.gradient_ranking else rank.decoder_only()
+        setup2 = replace(setup, n_candidates=e2.n_candidates, rank=rank2)
         sign = math.copysign(1.0, alpha)
-        for c in e2["coefficients"]:
+        for c in e2.coefficients:
             a = sign * float(c)
             e2base = {**base, "experiment": "E2", "condition": "steered", "alpha": a,
-                      "n_candidates": e2["n_candidates"]}
+                      "n_candidates": e2.n_candidates}
             if math.isclose(a, alpha):
                 meta["reused"].append(f"{vector}: E2 alpha={a:g} reuses E1's steered runs "
-                                      f"({e1['n_candidates']} candidates) on its first {n2} prompts")
-                runs.append(({**e2base, "n_candidates": e1["n_candidates"]}, steered[:n2]))
+                                      f"({e1.n_candidates} candidates) on its first {n2} prompts")
+                runs.append(({**e2base, "n_candidates": e1.n_candidates}, steered[:n2]))
                 continue
             runs.append((e2base, invert_condition(model, prompts[:n2], setup2, vector=v, alpha=a,
                                                   natural={i: nat[i] for i in range(n2)}, warm=warm)))
@@ -152,7 +152,7 @@ def run_e1_e2(ctx: ModelContext) -> dict[str, Any]:
                 prompt_rows.append(_prompt_row(b, r))
         # certificates: the shortest prompts, every condition that ran on them (E2's too when the prompt is one
         # of E2's); the E2 run at E1's alpha is E1's own run
-        for c_idx in sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))[:e1["certify_prompts"]]:
+        for c_idx in sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))[:e1.certify_prompts]:
             for b, rs in runs:
                 r = next((r for r in rs if r.prompt_index == c_idx), None)
                 if r is not None and not (b["experiment"] == "E2" and math.isclose(b["alpha"], alpha)):
@@ -162,8 +162,8 @@ def run_e1_e2(ctx: ModelContext) -> dict[str, Any]:
                                         positions=_audit_positions(r, mode), tau=r.tau)))
     cert_rows = []
     for m, entries in cert_items.items():
-        results = certify(model, [c for _, _, c in entries], m, batch_size=e1["batch_size"], top_k=e1["top_k"],
-                          safety=e1["screen_safety"], seed=seed, screen_dtype=e1["screen_dtype"],
+        results = certify(model, [c for _, _, c in entries], m, batch_size=e1.batch_size, top_k=e1.top_k,
+                          safety=e1.screen_safety, seed=seed, screen_dtype=e1.screen_dtype,
                           layers_path=ctx.spec.layers_path)
         lookup = {id(c): (b, r) for b, r, c in entries}
         for item, p in results:

@@ -23,6 +23,7 @@ import torch
 from transformers import DynamicCache
 
 from steerlimits import data as D
+from steerlimits.settings.papera import E3
 from steerlimits.papera.context import ModelContext
 from steerlimits.papera.generation import greedy, greedy_batch
 from steerlimits.scoring import is_refusal
@@ -36,7 +37,7 @@ def demo_pool(ctx: ModelContext, vector: str, n: int, pool: int, demo_tokens: in
               batch_size: int = 16) -> list[list[int]]:
     """``n`` demonstrations: seeded draw of training/validation harmful requests (test split excluded, at most
     ``pool``), each templated + its greedy completion under directional ablation (left-padded batches) + EOS."""
-    records = [r for r in D.load_records("refusal", ctx.config.get("data_dir"))
+    records = [r for r in D.load_records("refusal", ctx.data_dir)
                if r["label"] == "harmful" and r["split"] != "test"]
     order = np.random.default_rng(seed).permutation(len(records))[:min(pool, len(records))]
     eos = int(ctx.tok.eos_token_id)
@@ -47,17 +48,16 @@ def demo_pool(ctx: ModelContext, vector: str, n: int, pool: int, demo_tokens: in
 
 
 @torch.no_grad()
-def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]]) -> dict[str, pd.DataFrame]:
+def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]], cfg: E3) -> dict[str, pd.DataFrame]:
     """``summary`` (one row per prompt × N) and ``positions`` (per prompt × N × position) tables."""
-    cfg = ctx.pa["e3"]
     m = ctx.measure_at(vector)
     limit = int(getattr(ctx.model.config, "max_position_embeddings", 1 << 30))
-    seed = int(ctx.config["seed"])
-    shots = sorted(set(int(n) for n in cfg["shots"]) | {0})
+    seed = ctx.seed
+    shots = sorted(set(int(n) for n in cfg.shots) | {0})
     rows, pos_rows, notes = [], [], []
-    prompts = list(responses)[:cfg["n_prompts"]]
-    longest = max(len(r["x"]) + len(r["y"][:cfg["y_tokens"]]) for r in prompts) + cfg["y_tokens"]
-    demos = demo_pool(ctx, vector, max(shots), cfg["pool"], cfg["demo_tokens"], seed, cfg["batch_size"])
+    prompts = list(responses)[:cfg.n_prompts]
+    longest = max(len(r["x"]) + len(r["y"][:cfg.y_tokens]) for r in prompts) + cfg.y_tokens
+    demos = demo_pool(ctx, vector, max(shots), cfg.pool, cfg.demo_tokens, seed, cfg.batch_size)
     if len(demos) < max(shots):
         notes.append(f"pool has {len(demos)} demonstrations: N capped")
     lengths = np.cumsum([0] + [len(d) for d in demos])
@@ -73,7 +73,7 @@ def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
         if n < max(usable):
             ctx.model(input_ids=torch.tensor([demos[n]]), past_key_values=cache, use_cache=True, logits_to_keep=1)
     for r in prompts:
-        x, y = list(r["x"]), list(r["y"])[:cfg["y_tokens"]]
+        x, y = list(r["x"]), list(r["y"])[:cfg.y_tokens]
         if not y:
             notes.append(f"prompt {r['prompt']}: empty steered response, skipped")
             continue
@@ -87,7 +87,7 @@ def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
             l2 = torch.linalg.vector_norm(h - target, dim=-1).numpy()
             cos = (1 - torch.nn.functional.cosine_similarity(h, target, dim=-1)).numpy()
             prefix = [t for d in demos[:n] for t in d]
-            cont = greedy(ctx, prefix + x, cfg["y_tokens"], past_key_values=copy.deepcopy(caches[n]) if n else None)
+            cont = greedy(ctx, prefix + x, cfg.y_tokens, past_key_values=copy.deepcopy(caches[n]) if n else None)
             text = ctx.tok.decode(cont, skip_special_tokens=True)
             row = {"model": ctx.key, "vector": vector, "prompt": r["prompt"], "n_shots": n,
                    "n_demo_tokens": int(lengths[n]), "x_len": len(x), "y_len": len(y),

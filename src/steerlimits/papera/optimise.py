@@ -24,8 +24,9 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from steerlimits.config import derive_seed
+from steerlimits.seeds import derive_seed
 from steerlimits.invert import TruncatedLM, embedding_matrix, gcg_search
+from steerlimits.settings.papera import E4, E5
 from steerlimits.papera.context import ModelContext, common_prefix_len, responses_xy
 from steerlimits.papera.generation import greedy, greedy_embeds
 from steerlimits.scoring import is_refusal
@@ -77,14 +78,13 @@ def _l2(h: Tensor, target: Tensor, keep: Sequence[int]) -> float:
     return float(torch.linalg.vector_norm(h[idx] - target[idx], dim=-1).mean()) if len(idx) else float("nan")
 
 
-def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]], cfg: E4) -> pd.DataFrame:
     """One row per prompt × mode × method (tuned soft, tuned projected, GCG; ``original`` for reference)."""
-    cfg = ctx.pa["e4"]
     m, model = ctx.measure_at(vector), ctx.model
     tl = TruncatedLM(model, m, ctx.spec.layers_path)
     table = embedding_matrix(model).detach()
     rows = []
-    for idx, x, y in responses_xy(responses, cfg["n_prompts"], cfg["y_tokens"], "E4"):
+    for idx, x, y in responses_xy(responses, cfg.n_prompts, cfg.y_tokens, "E4"):
         head, tail = spans(ctx, vector, x)
         seq = x + y
         target = ctx.states(vector, seq, steered=True).detach()
@@ -92,7 +92,7 @@ def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
         keep = list(range(1, len(seq)))
         y_keep = list(range(len(x), len(seq)))
         gap, gap_y = _l2(natural, target, keep), _l2(natural, target, y_keep)
-        seed = derive_seed(ctx.config["seed"], "paperA-e4", ctx.key, vector, idx)
+        seed = derive_seed(ctx.seed, "paperA-e4", ctx.key, vector, idx)
 
         def evaluate(mode: str, method: str, prompt_ids: list[int] | None, prompt_e: Tensor | None,
                      n_ins: int, extra: dict[str, Any]) -> None:
@@ -125,13 +125,13 @@ def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
                         l2_tf, gap, gen == y)
 
         evaluate("replacement", "original", x, None, 0, {})
-        for mode in cfg["modes"]:
+        for mode in cfg.modes:
             g = torch.Generator().manual_seed(seed + (mode == "prefix"))
             if mode == "replacement":
                 soft = table[x[head:len(x) - tail]].clone()
                 pieces = lambda s: [table[x[:head]], s, table[x[len(x) - tail:]]]  # noqa: E731
             else:
-                soft = torch.randn(cfg["n_virtual"], table.shape[1], generator=g) * 0.1 * float(table.std())
+                soft = torch.randn(cfg.n_virtual, table.shape[1], generator=g) * 0.1 * float(table.std())
                 pieces = lambda s: [table[x[:head]], s, table[x[head:]]]  # noqa: E731
             soft.requires_grad_(True)
 
@@ -140,7 +140,7 @@ def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
                 logits = model(inputs_embeds=emb, logits_to_keep=len(y) + 1, use_cache=False).logits[0, :-1]
                 return torch.nn.functional.cross_entropy(logits, torch.as_tensor(y))
 
-            losses = _adam([soft], ce, cfg["tuning_steps"], cfg["lr"], decoupled=True)
+            losses = _adam([soft], ce, cfg.tuning_steps, cfg.lr, decoupled=True)
             n_ins = soft.shape[0] if mode == "prefix" else 0
             proj, pdist = nearest_tokens(table, soft.detach())
             info = {"final_ce": losses[-1] if losses else float("nan"), "n_slots": soft.shape[0],
@@ -148,18 +148,18 @@ def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
             evaluate(mode, "tuned_soft", None, torch.cat(pieces(soft.detach())), n_ins, info)
             ids = (x[:head] + proj + x[len(x) - tail:]) if mode == "replacement" else (x[:head] + proj + x[head:])
             evaluate(mode, "tuned_projected", ids, None, n_ins, info)
-            if cfg["gcg_steps"] > 0:
+            if cfg.gcg_steps > 0:
                 if mode == "replacement":
-                    res = gcg_search(model, target[head:], m, cfg["gcg_steps"], cfg["gcg_width"], cfg["gcg_topk"],
+                    res = gcg_search(model, target[head:], m, cfg.gcg_steps, cfg.gcg_width, cfg.gcg_topk,
                                      seed, init_ids=torch.tensor(x[head:len(x) - tail]),
                                      prefix_ids=torch.tensor(x[:head]), suffix_ids=torch.tensor(x[len(x) - tail:] + y),
                                      layers_path=ctx.spec.layers_path)
                     ids = x[:head] + res.best_ids + x[len(x) - tail:]
                 else:
-                    n_v = cfg["n_virtual"]
+                    n_v = cfg.n_virtual
                     full_t = torch.cat([torch.zeros(n_v, target.shape[1]), target[head:]])
                     mask = torch.cat([torch.zeros(n_v), torch.ones(len(seq) - head)])
-                    res = gcg_search(model, full_t, m, cfg["gcg_steps"], cfg["gcg_width"], cfg["gcg_topk"], seed,
+                    res = gcg_search(model, full_t, m, cfg.gcg_steps, cfg.gcg_width, cfg.gcg_topk, seed,
                                      prefix_ids=torch.tensor(x[:head]), suffix_ids=torch.tensor(x[head:] + y),
                                      target_mask=mask, layers_path=ctx.spec.layers_path)
                     ids = x[:head] + res.best_ids + x[head:]
@@ -168,25 +168,24 @@ def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
     return pd.DataFrame(rows)
 
 
-def run_e5(ctx: ModelContext, vector: str) -> dict[str, pd.DataFrame]:
+def run_e5(ctx: ModelContext, vector: str, cfg: E5, max_new_tokens: int) -> dict[str, pd.DataFrame]:
     """``table``: one row per prompt × p × kind (``soft`` / ``projected``); ``generations``: natural, steered,
     soft-prefix and projected-prefix continuations at the best p (by the soft prefix's per-token L2)."""
-    cfg = ctx.pa["e5"]
     m, model = ctx.measure_at(vector), ctx.model
     tl = TruncatedLM(model, m, ctx.spec.layers_path)
     table = embedding_matrix(model).detach()
     std = float(table.std())
     rows, gens = [], []
-    for i, x in enumerate(ctx.prompt_ids(vector, cfg["n_prompts"])):
+    for i, x in enumerate(ctx.prompt_ids(vector, cfg.n_prompts)):
         head, _ = spans(ctx, vector, x)
         best: tuple[float, int, Tensor, list[int]] | None = None
         target = ctx.states(vector, x, steered=True).detach()
         natural = ctx.states(vector, x)
         after = list(range(head, len(x)))
         gap = _l2(natural, target, after)
-        for p in cfg["p_values"]:
-            g = torch.Generator().manual_seed(derive_seed(ctx.config["seed"], "paperA-e5", ctx.key, vector, i, p))
-            soft = (torch.randn(p, table.shape[1], generator=g) * cfg["init_scale"] * std).requires_grad_(True)
+        for p in cfg.p_values:
+            g = torch.Generator().manual_seed(derive_seed(ctx.seed, "paperA-e5", ctx.key, vector, i, p))
+            soft = (torch.randn(p, table.shape[1], generator=g) * cfg.init_scale * std).requires_grad_(True)
 
             def states_of(s: Tensor) -> Tensor:
                 h = tl.full(inputs_embeds=torch.cat([table[x[:head]], s, table[x[head:]]])[None])[0]
@@ -195,7 +194,7 @@ def run_e5(ctx: ModelContext, vector: str) -> dict[str, pd.DataFrame]:
             def mse() -> Tensor:
                 return (states_of(soft) - target[head:]).pow(2).mean()
 
-            losses = _adam([soft], mse, cfg["steps"], cfg["lr"], decoupled=False)
+            losses = _adam([soft], mse, cfg.steps, cfg.lr, decoupled=False)
             proj, pdist = nearest_tokens(table, soft.detach())
             with torch.no_grad():
                 h_soft = states_of(soft.detach())
@@ -213,7 +212,7 @@ def run_e5(ctx: ModelContext, vector: str) -> dict[str, pd.DataFrame]:
                 best = (rows[-2]["l2_per_token"], p, soft.detach().clone(), proj)
         assert best is not None
         _, p, soft_best, proj = best
-        n_new = ctx.pa["max_new_tokens"]
+        n_new = max_new_tokens
         outs = {"natural": greedy(ctx, x, n_new), "steered": greedy(ctx, x, n_new, vector=vector),
                 "soft_prefix": greedy_embeds(ctx, torch.cat([table[x[:head]], soft_best, table[x[head:]]]), n_new),
                 "projected_prefix": greedy(ctx, x[:head] + proj + x[head:], n_new)}

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from steerlimits import data as D
+from steerlimits.settings.papera import E7
 from steerlimits.papera.context import ModelContext, common_prefix_len
 
 __all__ = ["cross_prompt", "run_e7"]
@@ -65,13 +66,13 @@ def _rows(ctx: ModelContext, vector: str, set_name: str, names: Sequence[str], i
     return rows, pairs
 
 
-def run_e7(ctx: ModelContext, vector: str) -> dict[str, pd.DataFrame]:
+def run_e7(ctx: ModelContext, vector: str, cfg: E7) -> dict[str, pd.DataFrame]:
     """``ratios`` (one row per set × span × prompt) and ``pairs`` (every (i, j)) tables."""
-    data_dir = ctx.config.get("data_dir")
+    data_dir = ctx.data_dir
     texts = [p.user for p in D.test_prompts(vector, data_dir)]
     names = [f"test{i}" for i in range(len(texts))]
     groups: dict[str, list[int]] = {}
-    if vector == "refusal" and ctx.pa["e7"]["paraphrases"]:
+    if vector == "refusal" and cfg.paraphrases:
         test_ids = [r["id"] for r in D.load_records("refusal", data_dir)
                     if r["label"] == "harmful" and r["split"] == "test"]
         for i, (tid, paras) in enumerate(D.refusal_paraphrases(data_dir).items()):

@@ -17,7 +17,7 @@ import pandas as pd
 from scipy import stats as sps
 
 from steerlimits.claims import Claim, check
-from steerlimits.config import derive_seed
+from steerlimits.seeds import derive_seed
 from steerlimits.stats import tost_power
 
 __all__ = ["STATEMENTS", "claims_rows", "paper_power"]

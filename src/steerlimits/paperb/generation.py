@@ -1,4 +1,4 @@
-"""Run a generation pool in as few batched ``generate()`` calls as possible, and score continuations only.
+"""Run a generation pool in as few batched ``generate()`` calls as possible.
 
 All conditions of one model × trait that share a continuation length go into ONE :func:`steer.generate` call:
 each job (condition, prompt, sample) is one row with its own steering offset (per-row vectors), rows are sorted
@@ -13,14 +13,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import pandas as pd
 import torch
 
-from steerlimits.config import derive_seed
+from steerlimits.seeds import derive_seed
 from steerlimits.paperb.plan import Condition
 from steerlimits.steer import GenerationConfig, generate
 
-__all__ = ["run_pool", "score_rows"]
+__all__ = ["run_pool"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +57,3 @@ def run_pool(model: Any, tok: Any, conditions: Sequence[Condition], prompt_ids: 
                          "continuation": g.continuation, "n_new_tokens": g.n_new_tokens, "max_new_tokens": max_new,
                          "batch_seed": g.seed, "offset_norm": float(c.offset.norm())})
     return rows
-
-
-def score_rows(df: pd.DataFrame, scorer: Any) -> pd.DataFrame:
-    """``df`` with ``score`` (continuation only, never the prompt), ``scorer`` and ``substitute_for`` columns."""
-    out = df.copy()
-    out["score"] = scorer.score(out["continuation"].fillna("").astype(str).tolist())
-    out["scorer"] = scorer.info.name
-    out["substitute_for"] = scorer.info.substitute_for or ""
-    return out

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerlimits.config import derive_seed
+from steerlimits.seeds import derive_seed
 from steerlimits.hooks import add_vector, position_ids_from_mask
 from steerlimits.prompting import left_pad, pad_id
 from steerlimits.samplers import sample_perturbations

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from steerlimits.config import derive_seed
+from steerlimits.seeds import derive_seed
+from steerlimits.settings.paperb import PaperBGenerate
 from steerlimits.samplers import combine, intersection_projector, sample_perturbations
 
 __all__ = ["LABELS", "Condition", "Pool", "env_indices", "plan_pool", "subspace_dim"]
@@ -91,26 +92,26 @@ def _grid(indices: list[int], samples: int) -> list[tuple[int, int]]:
     return [(i, s) for s in range(samples) for i in indices]
 
 
-def plan_pool(pb: Mapping[str, Any], *, v: Tensor, v_pca: Tensor, bases: Mapping[str, Tensor | None],
+def plan_pool(s: PaperBGenerate, *, v: Tensor, v_pca: Tensor, bases: Mapping[str, Tensor | None],
               n_stems: int, environments: Mapping[str, int], seed: int) -> Pool:
     """All conditions of one model × trait.
 
     Parameters
     ----------
-    pb : the validated ``paperB`` config block.
+    s : the settings of the ``paperB_generate`` job.
     v, v_pca : ``(d,)`` mean-difference vector (raw) and PC1 (oriented, norm-matched) at the steering layer.
     bases : ``null_cov``, ``null_jac``, ``active`` -> ``(d, k)`` orthonormal bases (``None``/``k = 0`` if empty).
     n_stems : neutral stems available; environments : environment -> number of prompts available.
     seed : the model × trait seed every draw is derived from.
     """
-    a, tok, d = float(pb["alpha"]), int(pb["max_new_tokens"]), v.numel()
+    a, tok, d = s.alpha, s.max_new_tokens, v.numel()
     zero = torch.zeros(d, dtype=v.dtype)
-    e1, e2, e3, e5, e6 = (pb[k] for k in ("e1", "e2", "e3", "e5", "e6"))
-    if e1["n_stems"] > n_stems or e5["n_prompts"] > n_stems:
-        raise ValueError(f"paperB needs {max(e1['n_stems'], e5['n_prompts'])} neutral stems, {n_stems} available")
+    e1, e2, e3, e5, e6 = s.e1, s.e2, s.e3, s.e5, s.e6
+    if e1.n_stems > n_stems or e5.n_prompts > n_stems:
+        raise ValueError(f"paperB needs {max(e1.n_stems, e5.n_prompts)} neutral stems, {n_stems} available")
     pool = Pool([])
     conds = pool.conditions
-    stems = list(range(e1["n_stems"]))
+    stems = list(range(e1.n_stems))
 
     def basis_of(family: str) -> Tensor | None:
         return None if family == "random_orth" else bases.get(family)
@@ -130,7 +131,7 @@ def plan_pool(pb: Mapping[str, Any], *, v: Tensor, v_pca: Tensor, bases: Mapping
         return draws[(family, s)]
 
     families = []
-    for fam in pb["families"]:
+    for fam in s.families:
         dim = usable(fam)
         if dim == 0:
             pool.notes.append(f"family {fam}: subspace ∩ v⊥ is empty at the steering layer; skipped everywhere")
@@ -138,57 +139,57 @@ def plan_pool(pb: Mapping[str, Any], *, v: Tensor, v_pca: Tensor, bases: Mapping
             families.append(fam)
 
     # ---- E1: zero, v, −v, v + u per family × seed, u alone per family
-    conds.append(Condition("e1/zero", "e1", "zero", zero, "stems", _grid(stems, e1["samples_v"]), tok, alpha=0.0))
-    conds.append(Condition("e1/v", "e1", "v", a * v, "stems", _grid(stems, e1["samples_v"]), tok, alpha=a))
-    conds.append(Condition("e1/neg_v", "e1", "neg_v", -a * v, "stems", _grid(stems, e1["samples_neg"]), tok,
+    conds.append(Condition("e1/zero", "e1", "zero", zero, "stems", _grid(stems, e1.samples_v), tok, alpha=0.0))
+    conds.append(Condition("e1/v", "e1", "v", a * v, "stems", _grid(stems, e1.samples_v), tok, alpha=a))
+    conds.append(Condition("e1/neg_v", "e1", "neg_v", -a * v, "stems", _grid(stems, e1.samples_neg), tok,
                            alpha=a, family="neg_v"))
     for fam in families:
-        for s in range(e1["n_seeds"]):
+        for s in range(e1.n_seeds):
             conds.append(Condition(f"e1/v+u/{fam}/s{s}", "e1", "v+u", a * (v + u_draw(fam, s)), "stems",
-                                   _grid(stems, e1["samples_per_seed"]), tok, alpha=a, family=fam, seed=s))
-        conds.append(Condition(f"e1/u/{fam}", "e1", "u", a * u_draw(fam, 0), "stems", _grid(stems, e1["samples_u"]),
+                                   _grid(stems, e1.samples_per_seed), tok, alpha=a, family=fam, seed=s))
+        conds.append(Condition(f"e1/u/{fam}", "e1", "u", a * u_draw(fam, 0), "stems", _grid(stems, e1.samples_u),
                                tok, alpha=a, family=fam, seed=0))
 
     # ---- E2: α sweep of v and v + u (random_orth by default); α = 0 and α = alpha come from E1
-    fam2 = e2["family"]
-    reuse = fam2 in families and e2["n_seeds"] <= e1["n_seeds"] and e2["samples_per_seed"] == e1["samples_per_seed"]
+    fam2 = e2.family
+    reuse = fam2 in families and e2.n_seeds <= e1.n_seeds and e2.samples_per_seed == e1.samples_per_seed
     if fam2 not in families:
         pool.notes.append(f"E2: family {fam2} unavailable; E2 has v only")
-    for alpha in e2["alphas"]:
+    for alpha in e2.alphas:
         alpha = float(alpha)
         if alpha == 0.0 or (alpha == a and reuse):
             continue
-        conds.append(Condition(f"e2/v/a{alpha:g}", "e2", "v", alpha * v, "stems", _grid(stems, e2["samples_v"]), tok,
+        conds.append(Condition(f"e2/v/a{alpha:g}", "e2", "v", alpha * v, "stems", _grid(stems, e2.samples_v), tok,
                                alpha=alpha))
-        for s in range(e2["n_seeds"] if fam2 in families else 0):
+        for s in range(e2.n_seeds if fam2 in families else 0):
             conds.append(Condition(f"e2/v+u/{fam2}/s{s}/a{alpha:g}", "e2", "v+u", alpha * (v + u_draw(fam2, s)),
-                                   "stems", _grid(stems, e2["samples_per_seed"]), tok, alpha=alpha, family=fam2,
+                                   "stems", _grid(stems, e2.samples_per_seed), tok, alpha=alpha, family=fam2,
                                    seed=s))
 
     # ---- E3: environments (zero, v, v + u per seed), longer continuations
-    fam3 = e3["family"]
+    fam3 = e3.family
     for env, n_avail in environments.items():
-        idx = env_indices(n_avail, e3["n_prompts"])
-        grid = _grid(idx, e3["samples"])
-        ps, t3 = f"env:{env}", int(e3["max_new_tokens"])
+        idx = env_indices(n_avail, e3.n_prompts)
+        grid = _grid(idx, e3.samples)
+        ps, t3 = f"env:{env}", int(e3.max_new_tokens)
         conds.append(Condition(f"e3/{env}/zero", "e3", "zero", zero, ps, grid, t3, alpha=0.0, environment=env))
         conds.append(Condition(f"e3/{env}/v", "e3", "v", a * v, ps, grid, t3, alpha=a, environment=env))
-        for s in range(e3["n_seeds"] if fam3 in families else 0):
+        for s in range(e3.n_seeds if fam3 in families else 0):
             conds.append(Condition(f"e3/{env}/v+u/{fam3}/s{s}", "e3", "v+u", a * (v + u_draw(fam3, s)), ps, grid, t3,
                                    alpha=a, family=fam3, seed=s, environment=env))
 
     # ---- E5: mean difference vs PCA (norm-matched, oriented), α = 0 included
-    grid5 = _grid(list(range(e5["n_prompts"])), e5["samples"])
+    grid5 = _grid(list(range(e5.n_prompts)), e5.samples)
     conds.append(Condition("e5/zero", "e5", "zero", zero, "stems", grid5, tok, alpha=0.0))
     conds.append(Condition("e5/v", "e5", "v", a * v, "stems", grid5, tok, alpha=a))
     conds.append(Condition("e5/pca", "e5", "pca", a * v_pca, "stems", grid5, tok, alpha=a, family="pca"))
 
     # ---- E6: orthonormal directions per family, (a) singly, (b) random unit combinations of the first k
-    ks_all = sorted(int(k) for k in e6["ks"])
-    for fam in e6["families"]:
+    ks_all = sorted(int(k) for k in e6.ks)
+    for fam in e6.families:
         dim = usable(fam) if fam in families else 0
-        in_b = fam in e6["families_b"]
-        want = max(e6["n_directions"], ks_all[-1] if in_b else 0)
+        in_b = fam in e6.families_b
+        want = max(e6.n_directions, ks_all[-1] if in_b else 0)
         n = min(want, dim)
         if n == 0:
             pool.notes.append(f"E6: family {fam} unavailable; skipped")
@@ -198,8 +199,8 @@ def plan_pool(pb: Mapping[str, Any], *, v: Tensor, v_pca: Tensor, bases: Mapping
         us = sample_perturbations(v, fam, n, seed=derive_seed(seed, "e6", fam), basis=basis_of(fam),  # type: ignore[arg-type]
                                   orthonormal=True)
         pool.perturbations[f"e6/{fam}"] = us
-        for i in range(min(e6["n_directions"], n)):
-            jobs = [((i * e6["samples"] + j) % len(stems), j) for j in range(e6["samples"])]
+        for i in range(min(e6.n_directions, n)):
+            jobs = [((i * e6.samples + j) % len(stems), j) for j in range(e6.samples)]
             conds.append(Condition(f"e6a/v+u/{fam}/i{i}", "e6a", "v+u", a * (v + us[i]), "stems", jobs, tok, alpha=a,
                                    family=fam, direction=i))
             conds.append(Condition(f"e6a/u/{fam}/i{i}", "e6a", "u", a * us[i], "stems", jobs, tok, alpha=a,
@@ -210,10 +211,10 @@ def plan_pool(pb: Mapping[str, Any], *, v: Tensor, v_pca: Tensor, bases: Mapping
             if k > n:
                 pool.notes.append(f"E6b: family {fam}: k = {k} > {n} available directions; skipped")
                 continue
-            for dr in range(e6["n_draws"]):
+            for dr in range(e6.n_draws):
                 w = combine(us[:k], seed=derive_seed(seed, "e6b", fam, k, dr), target_norm=float(v.norm()))
                 conds.append(Condition(f"e6b/{fam}/k{k}/d{dr}", "e6b", "v+comb", a * (v + w), "stems",
-                                       _grid(stems, e6["samples_per_draw"]), tok, alpha=a, family=fam, k=k, draw=dr))
+                                       _grid(stems, e6.samples_per_draw), tok, alpha=a, family=fam, k=k, draw=dr))
     logger.info("paper B pool: %d conditions, %d generations; notes: %s", len(conds), pool.n_generations(),
                 pool.notes)
     return pool

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from steerlimits import stats as S
-from steerlimits.config import derive_seed
+from steerlimits.seeds import derive_seed
 
-__all__ = ["TABLE_COLUMNS", "alpha_sweep", "comparison", "environments", "logit_distances", "mean_diff_vs_pca",
+__all__ = ["TABLE_COLUMNS", "alpha_sweep", "comparison", "e3_summary", "environments", "logit_distances", "mean_diff_vs_pca",
            "nullspace_spanning", "orthogonal_test"]
 
 TABLE_COLUMNS = ["model", "trait", "condition", "n", "mean", "efficacy", "efficacy_raw", "cohens_d", "d_ci_low",
@@ -252,3 +252,12 @@ def logit_distances(rows: pd.DataFrame) -> pd.DataFrame:
                         "ratio_to_random": h["l2"].mean() / rand if rand > 0 else math.nan,
                         "offset_norm": h["offset_norm"].mean()})
     return pd.DataFrame(out)
+
+
+def e3_summary(t3: pd.DataFrame) -> dict[str, Any]:
+    """The authors' E3 summary per model/trait: share of (environment, seed) cells with |d| < 0.3 and r > 0.6 (r
+    across prompts); with few prompts per cell these are noisy (spec B §4), the TOST columns are the inference."""
+    cells = t3[t3["condition"].str.startswith("v+u[") & (t3["seed"].astype(str) != "pooled")]
+    return {f"{m}/{t}": {"n_cells": len(g), "share_d_below_0.3_and_r_above_0.6":
+                         float(((g["cohens_d"].abs() < 0.3) & (g["r_prompts"] > 0.6)).mean()) if len(g) else None}
+            for (m, t), g in cells.groupby(["model", "trait"], sort=False)}
