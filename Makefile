@@ -1,10 +1,12 @@
-# Front end for the two README commands; the plain commands underneath are documented in README.md.
+# Front end for the README commands; the plain commands underneath are documented in README.md.
 SHELL := /bin/bash
 VENV := .venv/bin
+RUN ?= default
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
+LINTED := src tests bench workflow/scripts
 
-.PHONY: setup reproduce smoke test lint bench clean-smoke
+.PHONY: setup reproduce verify smoke test lint report bench
 
 setup:
 	bash scripts/setup.sh
@@ -12,18 +14,34 @@ setup:
 reproduce: setup
 	$(VENV)/snakemake --cores all --configfile config/default.yaml
 
+# Compare the rebuilt tables with the committed ones, and the committed files with results/<run>/MANIFEST.json.
+verify: setup
+	$(VENV)/python -m steerlimits.verify --run $(RUN) --manifest
+
 smoke: setup
 	rm -rf results/smoke figures/smoke logs/smoke benchmarks/smoke
 	$(VENV)/snakemake --cores all --configfile config/smoke.yaml
 
 lint:
+	$(VENV)/ruff check $(LINTED)
+	$(VENV)/ruff format --check $(LINTED)
+	$(VENV)/mypy
+	$(VENV)/snakefmt --check Snakefile workflow
 	$(VENV)/snakemake --lint --configfile config/default.yaml
 	$(VENV)/snakemake -n --quiet rules --configfile config/paper.yaml
 
+# The HTML report of a run (RUN=default or RUN=smoke), opening on the claims grid.
+report: setup
+	$(VENV)/snakemake --cores 1 --configfile config/$(RUN).yaml --report results/$(RUN)/report.html
+
+# CI is this target: the smoke workflow first (the tests compare against it), then the tests, linters, report.
 test: setup
-	$(VENV)/python -m pytest -q
 	$(MAKE) smoke
+	$(VENV)/python -m pytest -q
 	$(MAKE) lint
+	$(MAKE) report RUN=smoke
 
 bench: setup
-	$(VENV)/python bench/bench_generate.py
+	$(VENV)/python bench/bench_generate.py --threads 1
+	$(VENV)/python bench/bench_generate_bf16.py --threads 1
+	$(VENV)/python bench/bench_invert.py --threads 1

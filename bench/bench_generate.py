@@ -38,13 +38,24 @@ def main() -> None:
     for label, bs in (("batched", args.batch), ("one-at-a-time", 1)):
         cfg = GenerationConfig(max_new_tokens=args.tokens, temperature=0.8, batch_size=bs, seed=1)
         t = time.perf_counter()
-        gens = generate(model, tok, prompts, cfg, vector=v, alpha=1.0, layer=layer,
-                        positions="last_prompt_and_generated", progress=False)
+        gens = generate(
+            model,
+            tok,
+            prompts,
+            cfg,
+            vector=v,
+            alpha=1.0,
+            layer=layer,
+            positions="last_prompt_and_generated",
+            progress=False,
+        )
         dt = time.perf_counter() - t
         n_tok = sum(g.n_new_tokens for g in gens)
         rates[label] = n_tok / dt
-        print(f"{label:>14}: batch {bs:>3}, {len(gens)} generations, {n_tok} tokens in {dt:6.2f} s "
-              f"= {rates[label]:7.1f} tok/s")
+        print(
+            f"{label:>14}: batch {bs:>3}, {len(gens)} generations, {n_tok} tokens in {dt:6.2f} s "
+            f"= {rates[label]:7.1f} tok/s"
+        )
     print(f"ratio batched / one-at-a-time = {rates['batched'] / rates['one-at-a-time']:.2f}x (target >= 5x)")
 
 

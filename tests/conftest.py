@@ -19,3 +19,11 @@ def tiny_llama() -> tuple[torch.nn.Module, object]:
     from steerlimits.tiny import build_random_model
 
     return build_random_model("llama", {"n_layers": 3, "d_model": 32, "n_heads": 4, "vocab_size": 300, "seed": 0})
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory):
+    """A working folder holding a finished smoke run (see tests/smoke_workdir.py)."""
+    from smoke_workdir import build
+
+    return build(tmp_path_factory.mktemp("smoke_run") / "wd")

@@ -68,9 +68,15 @@ def test_check_config_refuses_and_names_key(mutate, needle: str) -> None:
     assert needle in str(err.value)
 
 
-@pytest.mark.parametrize(("scorer", "ok"), [("hf:facebook/bart-large-mnli:politeness", True),
-                                             ("hf:cardiffnlp/twitter-roberta-base-sentiment-latest", True),
-                                             ("hf:facebook/bart-large-mnli:", False), ("hf:no-slash", False)])
+@pytest.mark.parametrize(
+    ("scorer", "ok"),
+    [
+        ("hf:facebook/bart-large-mnli:politeness", True),
+        ("hf:cardiffnlp/twitter-roberta-base-sentiment-latest", True),
+        ("hf:facebook/bart-large-mnli:", False),
+        ("hf:no-slash", False),
+    ],
+)
 def test_hub_scorer_names_with_trait_suffix(scorer: str, ok: bool) -> None:
     cfg = _load("default.yaml")
     cfg["steering"]["dose_response"]["scorer"]["sentiment"] = scorer
@@ -91,20 +97,36 @@ def test_workflow_refuses_bad_config_before_any_job(tmp_path: Path) -> None:
     cfg["models"]["tiny-llama"]["layer"] = 17
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    res = _snakemake("-n", "--configfile", str(bad), "--directory", str(tmp_path), "--snakefile",
-                     str(ROOT / "Snakefile"), cwd=ROOT)
+    res = _snakemake(
+        "-n", "--configfile", str(bad), "--directory", str(tmp_path), "--snakefile", str(ROOT / "Snakefile"), cwd=ROOT
+    )
     assert res.returncode != 0
     assert "models.tiny-llama.layer = 17" in res.stdout + res.stderr
 
 
 def test_hub_config_plans_offline_but_refuses_to_run(tmp_path: Path) -> None:
     """paper.yaml: a dry run plans the DAG; a real run stops in seconds, naming the hub id, before any job."""
-    plan = _snakemake("-n", "--configfile", "config/paper.yaml", "--directory", str(tmp_path), "--snakefile",
-                      str(ROOT / "Snakefile"), cwd=ROOT)
+    plan = _snakemake(
+        "-n",
+        "--configfile",
+        "config/paper.yaml",
+        "--directory",
+        str(tmp_path),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        cwd=ROOT,
+    )
     assert plan.returncode == 0, plan.stderr[-2000:]
     t = time.time()
-    run = _snakemake("--configfile", str(ROOT / "config/paper.yaml"), "--directory", str(tmp_path), "--snakefile",
-                     str(ROOT / "Snakefile"), cwd=ROOT)
+    run = _snakemake(
+        "--configfile",
+        str(ROOT / "config/paper.yaml"),
+        "--directory",
+        str(tmp_path),
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        cwd=ROOT,
+    )
     assert run.returncode != 0
     out = run.stdout + run.stderr
     assert "meta-llama/Llama-3.2-1B-Instruct" in out and "HF_HUB_OFFLINE" in out

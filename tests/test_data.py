@@ -255,21 +255,35 @@ def _write(folder: Path, name: str, rows: list[dict]) -> None:
 
 
 def test_planted_data_dir_via_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _write(tmp_path, "persona_system_prompts",
-           [{"id": f"e{i}", "label": "evil", "text": f"E{i}"} for i in range(2)]
-           + [{"id": f"h{i}", "label": "helpful", "text": f"H{i}"} for i in range(3)])
-    _write(tmp_path, "persona_questions",
-           [{"id": f"q{i}", "split": "train", "text": f"Q{i}"} for i in range(5)]
-           + [{"id": "t0", "split": "test", "text": "T0"}])
-    _write(tmp_path, "refusal",
-           [{"id": f"a{i}", "label": "harmful", "split": "train", "text": f"A{i}"} for i in range(3)]
-           + [{"id": f"b{i}", "label": "harmless", "split": "train", "text": f"B{i}"} for i in range(2)]
-           + [{"id": "c0", "label": "harmful", "split": "test", "text": "C0"}])
+    _write(
+        tmp_path,
+        "persona_system_prompts",
+        [{"id": f"e{i}", "label": "evil", "text": f"E{i}"} for i in range(2)]
+        + [{"id": f"h{i}", "label": "helpful", "text": f"H{i}"} for i in range(3)],
+    )
+    _write(
+        tmp_path,
+        "persona_questions",
+        [{"id": f"q{i}", "split": "train", "text": f"Q{i}"} for i in range(5)]
+        + [{"id": "t0", "split": "test", "text": "T0"}],
+    )
+    _write(
+        tmp_path,
+        "refusal",
+        [{"id": f"a{i}", "label": "harmful", "split": "train", "text": f"A{i}"} for i in range(3)]
+        + [{"id": f"b{i}", "label": "harmless", "split": "train", "text": f"B{i}"} for i in range(2)]
+        + [{"id": "c0", "label": "harmful", "split": "test", "text": "C0"}],
+    )
     monkeypatch.setenv("STEERLIMITS_DATA_DIR", str(tmp_path))
     pairs = D.contrast_pairs("persona_evil")
     got = [(p.positive.system, p.positive.user, p.negative.system, p.negative.user) for p in pairs]
-    assert got == [("E0", "Q0", "H0", "Q0"), ("E1", "Q1", "H1", "Q1"), ("E0", "Q2", "H2", "Q2"),
-                   ("E1", "Q3", "H0", "Q3"), ("E0", "Q4", "H1", "Q4")]
+    assert got == [
+        ("E0", "Q0", "H0", "Q0"),
+        ("E1", "Q1", "H1", "Q1"),
+        ("E0", "Q2", "H2", "Q2"),
+        ("E1", "Q3", "H0", "Q3"),
+        ("E0", "Q4", "H1", "Q4"),
+    ]
     assert D.test_prompts("persona_evil") == [D.Prompt("T0")]
     refusal = D.contrast_pairs("refusal")
     assert refusal == [D.PromptPair(D.Prompt(f"A{i}"), D.Prompt(f"B{i}")) for i in range(2)]

@@ -30,10 +30,16 @@ def _reference_mean(model, ids_list: list[list[int]]) -> torch.Tensor:
 
 
 def _prompts(tok) -> tuple[list[list[int]], list[list[int]]]:
-    pos = [Prompt("Write a glowing note about the new park"), Prompt("Say something kind about rainy days at home"),
-           Prompt("Describe a wonderful meal")]
-    neg = [Prompt("Write a gloomy note about the new park"), Prompt("Say something harsh about rain"),
-           Prompt("Describe an awful, cold and tasteless meal in the canteen")]
+    pos = [
+        Prompt("Write a glowing note about the new park"),
+        Prompt("Say something kind about rainy days at home"),
+        Prompt("Describe a wonderful meal"),
+    ]
+    neg = [
+        Prompt("Write a gloomy note about the new park"),
+        Prompt("Say something harsh about rain"),
+        Prompt("Describe an awful, cold and tasteless meal in the canteen"),
+    ]
     return encode_all(tok, pos, "raw"), encode_all(tok, neg, "raw")
 
 

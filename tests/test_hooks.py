@@ -30,22 +30,45 @@ COMMON = dict(vocab_size=V, pad_token_id=0, bos_token_id=1, eos_token_id=2)
 
 
 def _llama() -> nn.Module:
-    return tf.LlamaForCausalLM(tf.LlamaConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=L,
-                                              num_attention_heads=4, num_key_value_heads=2,
-                                              max_position_embeddings=64, **COMMON))
+    return tf.LlamaForCausalLM(
+        tf.LlamaConfig(
+            hidden_size=D,
+            intermediate_size=64,
+            num_hidden_layers=L,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            **COMMON,
+        )
+    )
 
 
 def _qwen2() -> nn.Module:
-    return tf.Qwen2ForCausalLM(tf.Qwen2Config(hidden_size=D, intermediate_size=64, num_hidden_layers=L,
-                                              num_attention_heads=4, num_key_value_heads=2,
-                                              max_position_embeddings=64, **COMMON))
+    return tf.Qwen2ForCausalLM(
+        tf.Qwen2Config(
+            hidden_size=D,
+            intermediate_size=64,
+            num_hidden_layers=L,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            **COMMON,
+        )
+    )
 
 
 def _gemma3() -> nn.Module:  # a sliding layer with a short window and a full layer, as in the real model
     cfg = tf.Gemma3TextConfig(
-        hidden_size=D, intermediate_size=64, num_hidden_layers=L, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, max_position_embeddings=64, sliding_window=4,
-        layer_types=["sliding_attention", "full_attention", "sliding_attention"], **COMMON,
+        hidden_size=D,
+        intermediate_size=64,
+        num_hidden_layers=L,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        max_position_embeddings=64,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        **COMMON,
     )
     return tf.Gemma3ForCausalLM(cfg)
 
@@ -55,8 +78,14 @@ def _gpt2() -> nn.Module:
 
 
 def _neox() -> nn.Module:
-    cfg = tf.GPTNeoXConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=L, num_attention_heads=4,
-                           max_position_embeddings=64, **COMMON)
+    cfg = tf.GPTNeoXConfig(
+        hidden_size=D,
+        intermediate_size=64,
+        num_hidden_layers=L,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        **COMMON,
+    )
     return tf.GPTNeoXForCausalLM(cfg)
 
 
@@ -172,10 +201,18 @@ def test_resolve_blocks_errors() -> None:
 
 def test_resolve_blocks_gemma3_multimodal() -> None:
     torch.manual_seed(0)
-    text = tf.Gemma3TextConfig(hidden_size=D, intermediate_size=64, num_hidden_layers=2,
-                               num_attention_heads=4, num_key_value_heads=2, head_dim=8, **COMMON)
-    vision = tf.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                   num_attention_heads=2, image_size=28, patch_size=14)
+    text = tf.Gemma3TextConfig(
+        hidden_size=D,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        **COMMON,
+    )
+    vision = tf.SiglipVisionConfig(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14
+    )
     cfg = tf.Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(), mm_tokens_per_image=4)
     model = tf.Gemma3ForConditionalGeneration(cfg)
     loc, blocks = resolve_blocks(model)
@@ -273,9 +310,16 @@ def test_positions_last_prompt_and_generated(model: nn.Module) -> None:
 def _generate(model: nn.Module, x: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
     """Greedy generation of exactly ``n`` tokens: (sequences, scores of the first generated token)."""
     with torch.no_grad():
-        out = model.generate(input_ids=x, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                             do_sample=False, pad_token_id=0, return_dict_in_generate=True,
-                             output_scores=True)
+        out = model.generate(
+            input_ids=x,
+            attention_mask=mask,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            pad_token_id=0,
+            return_dict_in_generate=True,
+            output_scores=True,
+        )
     return out.sequences, out.scores[0]
 
 
@@ -326,13 +370,13 @@ def test_left_padded_batch_equals_single_runs(model: nn.Module) -> None:
     batch = torch.zeros(len(prompts), width, dtype=torch.long)
     mask = torch.zeros_like(batch)
     for row, p in enumerate(prompts):
-        batch[row, width - len(p):], mask[row, width - len(p):] = p, 1
+        batch[row, width - len(p) :], mask[row, width - len(p) :] = p, 1
     with torch.no_grad():
         hs_batch = forward_hidden(model, batch, mask)
         for row, p in enumerate(prompts):
             hs_single = forward_hidden(model, p[None])
             for k in range(L + 1):
-                got = hs_batch[k][row, width - len(p):]
+                got = hs_batch[k][row, width - len(p) :]
                 assert (got - hs_single[k][0]).abs().max() <= 1e-5, (row, k)
 
 
@@ -398,8 +442,13 @@ def test_tuple_returning_blocks() -> None:
 # ----------------------------------------------------------------------------- 8. model left unchanged
 def _hook_state(model: nn.Module) -> dict[str, tuple]:
     return {
-        name: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks), tuple(m._forward_hooks_with_kwargs),
-               tuple(m._forward_pre_hooks_with_kwargs), tuple(m._backward_hooks))
+        name: (
+            tuple(m._forward_hooks),
+            tuple(m._forward_pre_hooks),
+            tuple(m._forward_hooks_with_kwargs),
+            tuple(m._forward_pre_hooks_with_kwargs),
+            tuple(m._backward_hooks),
+        )
         for name, m in model.named_modules()
     }
 

@@ -104,14 +104,14 @@ def test_real_left_padding(smol: tuple) -> None:
     batch = torch.full((len(prompts), width), pad)
     mask = torch.zeros_like(batch)
     for row, p in enumerate(prompts):
-        batch[row, width - len(p):], mask[row, width - len(p):] = p, 1
+        batch[row, width - len(p) :], mask[row, width - len(p) :] = p, 1
     with torch.no_grad():
         hs_batch = forward_hidden(model, batch, mask)
         for row, p in enumerate(prompts):
             hs_single = forward_hidden(model, p[None])
             for k in range(n + 1):
                 ref = hs_single[k][0]
-                diff = (hs_batch[k][row, width - len(p):] - ref).abs().amax(-1)
+                diff = (hs_batch[k][row, width - len(p) :] - ref).abs().amax(-1)
                 # per position: absolute 1e-5 or relative 5e-5 of the position's own largest entry. Seen: max
                 # abs diff 1.4e-4 at ordinary positions (rel. 1e-6), 8.8e-3 at position 0 of a 1-token prompt
                 # (rel. 1.0e-5)

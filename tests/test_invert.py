@@ -38,17 +38,37 @@ ARCHS = ("llama", "qwen2", "gemma3")
 def _build(arch: str) -> nn.Module:
     torch.manual_seed(0)
     if arch == "llama":
-        cfg = tf.LlamaConfig(hidden_size=D, intermediate_size=128, num_hidden_layers=L, num_attention_heads=4,
-                             num_key_value_heads=2, **COMMON)
+        cfg = tf.LlamaConfig(
+            hidden_size=D,
+            intermediate_size=128,
+            num_hidden_layers=L,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **COMMON,
+        )
         return tf.LlamaForCausalLM(cfg).eval()
     if arch == "qwen2":
-        cfg = tf.Qwen2Config(hidden_size=D, intermediate_size=128, num_hidden_layers=L, num_attention_heads=4,
-                             num_key_value_heads=2, **COMMON)
+        cfg = tf.Qwen2Config(
+            hidden_size=D,
+            intermediate_size=128,
+            num_hidden_layers=L,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            **COMMON,
+        )
         return tf.Qwen2ForCausalLM(cfg).eval()
     # sliding layers with a window shorter than the prompt, as in the real model; q/k norms, scaled embeddings
-    cfg = tf.Gemma3TextConfig(hidden_size=D, intermediate_size=128, num_hidden_layers=L,
-                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, sliding_window=4,
-                              layer_types=["sliding_attention", "full_attention"] * 2, **COMMON)
+    cfg = tf.Gemma3TextConfig(
+        hidden_size=D,
+        intermediate_size=128,
+        num_hidden_layers=L,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=16,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"] * 2,
+        **COMMON,
+    )
     return tf.Gemma3ForCausalLM(cfg).eval()
 
 
@@ -95,9 +115,11 @@ def test_other_families_invert(arch: str) -> None:
     if arch == "gpt2":
         other = tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=D, n_layer=3, n_head=4, n_positions=64, vocab_size=V))
     else:
-        other = tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(hidden_size=D, intermediate_size=128,
-                                                       num_hidden_layers=3, num_attention_heads=4,
-                                                       vocab_size=V))
+        other = tf.GPTNeoXForCausalLM(
+            tf.GPTNeoXConfig(
+                hidden_size=D, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4, vocab_size=V
+            )
+        )
     other.eval()
     ids = _ids()
     target = target_states(other, ids, M)
@@ -152,8 +174,7 @@ def test_noise_floor_tiny_and_tau(model: nn.Module) -> None:
     norms = target_states(model, ids, M).norm(dim=-1)
     assert floor.shape == (T,)
     assert (floor / norms).max() < 1e-4
-    result = invert(model, target_states(model, ids, M), InversionConfig(measure_at=M), floor_ids=ids,
-                    progress=False)
+    result = invert(model, target_states(model, ids, M), InversionConfig(measure_at=M), floor_ids=ids, progress=False)
     assert result.floor_source == "floor_ids"
     assert result.tau_exact == pytest.approx(10 * float(floor.max()))
 
@@ -242,13 +263,41 @@ def test_prefix_cache_not_mutated_and_batch_size_independent(model: nn.Module) -
     torch.testing.assert_close(again, first, rtol=0, atol=0)
 
     steered = target_states(model, ids, M, vector=_steer_vector(model, ids), alpha=1.0)
-    results = [invert(model, steered, InversionConfig(measure_at=M, mode="exhaustive", early_exit=False,
-                                                      batch_size=bs), floor_ids=ids, progress=False)
-               for bs in (7, 1024)]
+    results = [
+        invert(
+            model,
+            steered,
+            InversionConfig(measure_at=M, mode="exhaustive", early_exit=False, batch_size=bs),
+            floor_ids=ids,
+            progress=False,
+        )
+        for bs in (7, 1024)
+    ]
     assert results[0].ids == results[1].ids
     for a, b in zip(results[0].positions, results[1].positions):
         assert a.topk_tokens == b.topk_tokens
         torch.testing.assert_close(torch.tensor(a.topk_dist), torch.tensor(b.topk_dist), rtol=1e-5, atol=0)
+
+
+def test_recorded_candidate_keys_append_like_extend(model: nn.Module) -> None:
+    """The engine grows its prefix from the keys/values recorded while the chosen token was scored in a batch
+    (:meth:`TruncatedLM.append`); that prefix must equal :meth:`TruncatedLM.extend`'s up to rounding."""
+    ids = _ids()
+    tl = TruncatedLM(model, M)
+    with torch.no_grad():
+        prefix, _ = tl.prefix_of(ids[:4])
+        cands = torch.arange(0, 64)
+        _, call = tl.step(prefix, input_ids=cands, record=True)
+        j = 17
+        grown = tl.append(prefix, [call.new_keys[b][j] for b in range(M)], [call.new_values[b][j] for b in range(M)])
+        ref, _ = tl.extend(prefix, int(cands[j]))
+        assert grown.length == ref.length == 5
+        for a, b in zip(grown.keys + grown.values, ref.keys + ref.values):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        probe = torch.arange(100, 140)
+        torch.testing.assert_close(tl.score(grown, probe), tl.score(ref, probe), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError):
+        tl.append(prefix, [call.new_keys[0][0]], [call.new_values[0][0]])
 
 
 def test_bf16_screen_reproduces_fp32_certificate(model: nn.Module) -> None:
@@ -286,3 +335,85 @@ def test_gcg_recovers_three_token_prompt(model: nn.Module) -> None:
     assert result.best_ids == ids.tolist()
     assert result.best_loss <= 3 * (10 * float(noise_floor(model, ids, M).max())) ** 2
     assert len(result.losses) == 31 and result.init_ids != ids.tolist()
+
+
+# ---------------------------------------------------------------------------------- multi-token continuation
+def test_run_continuation_matches_full_pass(model: nn.Module) -> None:
+    """``TruncatedLM.run``: S new tokens per row over a shared prefix (gemma: longer than its window of 4)."""
+    ids = _ids(n=14)
+    tl = TruncatedLM(model, M)
+    with torch.no_grad():
+        full = tl.full(ids[None])[0]
+        for p in (0, 3, 7):
+            prefix, _ = tl.prefix_of(ids[:p])
+            other = torch.randint(3, V, (14 - p,), generator=torch.Generator().manual_seed(p))
+            out, _ = tl.run(prefix, input_ids=torch.stack([ids[p:], other]))
+            own = tl.full(torch.cat([ids[:p], other])[None])[0][p:]
+            scale = full.norm(dim=-1).max()
+            assert (out[0] - full[p:]).norm(dim=-1).max() < 1e-5 * scale
+            assert (out[1] - own).norm(dim=-1).max() < 1e-5 * scale
+            grown, states = tl.extend_many(prefix, ids[p:])
+            assert grown.length == 14 and (states - full[p:]).norm(dim=-1).max() < 1e-5 * scale
+
+
+# ------------------------------------------------------------------------------------------- the certifier
+def test_screened_sweep_cross_check_and_float32_agree_with_oracle(model: nn.Module) -> None:
+    from steerlimits.invert import bf16_copy, screened_sweep
+
+    ids = _ids()
+    steered = target_states(model, ids, M, vector=_steer_vector(model, ids), alpha=1.0)
+    tl, tl16 = TruncatedLM(model, M), TruncatedLM(bf16_copy(model), M)
+    t = 5
+    with torch.no_grad():
+        kv, kv16 = tl.prefix_of(ids[:t])[0], tl16.prefix_of(ids[:t])[0]
+    ref_tokens, ref_dists = reference_sweep(model, ids[:t], steered[t], M)
+    fp32 = screened_sweep(tl, kv, steered[t][None])[0]
+    checked = screened_sweep(tl, kv, steered[t][None], screen=(tl16, kv16), cross_check=True)[0]
+    for sw in (fp32, checked):
+        assert sw.tokens == ref_tokens.tolist()
+        torch.testing.assert_close(torch.tensor(sw.dists), ref_dists, rtol=1e-4, atol=0)
+    assert fp32.n_screened == 0 and fp32.margin == 0
+    assert checked.screen_topk_ok and checked.full_error >= checked.calib_error > 0
+    assert checked.n_verified >= V  # the cross-check sweeps every token in float32 as well
+
+
+# ------------------------------------------------------------------------------------------------ GCG (full)
+def test_gcg_reaches_a_planted_reachable_target(model: nn.Module) -> None:
+    """Positive control of the optimiser itself: the target is the natural states of a prompt that differs from
+    the initialisation in two slots; GCG with multi-position swaps, the buffer and a bf16 screen reaches it."""
+    from steerlimits.invert import GCGConfig, bf16_copy, gcg
+
+    ids = _ids(n=10)
+    planted = ids.clone()
+    planted[[3, 5]] = torch.tensor([17, 201])
+    target = target_states(model, planted, M)[2:]
+    config = GCGConfig(
+        n_steps=60, search_width=64, topk=64, n_replace=2, buffer_size=2, n_verify=4, stop_loss=1e-6, seed=0
+    )
+    res = gcg(
+        model,
+        target,
+        M,
+        config,
+        init_ids=ids[2:8],
+        prefix_ids=ids[:2],
+        suffix_ids=planted[8:],
+        screen_model=bf16_copy(model),
+    )
+    assert res.best_ids == planted[2:8].tolist() and res.best_loss <= 1e-6 and res.stopped_early
+    assert not res.returned_init and res.n_screened > res.n_evaluated  # candidates screened, the best verified
+    assert all(b >= a for a, b in zip(res.best_losses[1:], res.best_losses))  # best-so-far never increases
+    # the allowed set is honoured: with the planted tokens forbidden the target cannot be reached exactly
+    allowed = torch.ones(V, dtype=torch.bool)
+    allowed[[17, 201]] = False
+    blocked = gcg(
+        model,
+        target,
+        M,
+        GCGConfig(n_steps=5, search_width=32, topk=16, seed=0),
+        init_ids=ids[2:8],
+        prefix_ids=ids[:2],
+        suffix_ids=planted[8:],
+        allowed=allowed,
+    )
+    assert not ({17, 201} & (set(blocked.best_ids) - set(ids[2:8].tolist())))

@@ -62,7 +62,7 @@ def test_fast_sweep_matches_reference_on_2048_candidates(smol: tuple[nn.Module, 
     vocab = model.get_input_embeddings().weight.shape[0]
     for t, target in ((2, natural[2]), (3, steered[3])):
         others = torch.randperm(vocab, generator=torch.Generator().manual_seed(t))
-        cands = torch.cat([ids[t:t + 1], others[others != ids[t]][:2047]])
+        cands = torch.cat([ids[t : t + 1], others[others != ids[t]][:2047]])
         fast = exhaustive_sweep(model, ids[:t], target, M, candidate_ids=cands)
         ref = reference_sweep(model, ids[:t], target, M, candidate_ids=cands)
         assert fast[0].tolist() == ref[0].tolist()
@@ -75,8 +75,9 @@ def test_natural_inverts_exactly_and_steered_does_not(smol: tuple[nn.Module, tor
     model, ids = smol
     span = slice(2, 7)  # after the attention-sink start, which only a full sweep recovers
     config = InversionConfig(measure_at=M, mode="exhaustive", early_exit=True)
-    natural = invert(model, target_states(model, ids, M)[span], config, prefix_ids=ids[:2],
-                     floor_ids=ids[span], progress=False)
+    natural = invert(
+        model, target_states(model, ids, M)[span], config, prefix_ids=ids[:2], floor_ids=ids[span], progress=False
+    )
     assert natural.ids == ids[span].tolist()
     assert all(p.exact for p in natural.positions)
     assert natural.n_verified_total < 5 * 2048  # early exit in gradient order, far below 5 x 49,152
@@ -84,7 +85,25 @@ def test_natural_inverts_exactly_and_steered_does_not(smol: tuple[nn.Module, tor
     v = _steer_vector(model, ids)
     steered_all = target_states(model, ids, M, vector=v, alpha=1.0)
     ranked = InversionConfig(measure_at=M, mode="ranked", n_candidates=128)
-    steered = invert(model, steered_all[span], ranked, prefix_ids=ids[:2], floor_ids=ids[span],
-                     progress=False)
+    steered = invert(model, steered_all[span], ranked, prefix_ids=ids[:2], floor_ids=ids[span], progress=False)
     assert not any(p.exact for p in steered.positions)
     assert min(p.topk_dist[0] for p in steered.positions) > 100 * steered.tau_exact
+
+
+def test_screened_sweep_matches_float32_on_512_candidates(smol: tuple[nn.Module, torch.Tensor]) -> None:
+    """The certifier's bf16 screen (float32 re-verification inside the margin) returns the float32 top-10 on a
+    real model, and its cross-check measures the largest screening error over every candidate."""
+    from steerlimits.invert import TruncatedLM, bf16_copy, screened_sweep
+
+    model, ids = smol
+    steered = target_states(model, ids, M, vector=_steer_vector(model, ids), alpha=1.0)
+    t = 5
+    cands = torch.randperm(model.get_input_embeddings().weight.shape[0], generator=torch.Generator().manual_seed(1))
+    cands = cands[:512]
+    tl, tl16 = TruncatedLM(model, M), TruncatedLM(bf16_copy(model), M)
+    with torch.no_grad():
+        kv, kv16 = tl.prefix_of(ids[:t])[0], tl16.prefix_of(ids[:t])[0]
+    sw = screened_sweep(tl, kv, steered[t][None], screen=(tl16, kv16), candidates=cands, cross_check=True)[0]
+    ref = reference_sweep(model, ids[:t], steered[t], M, candidate_ids=cands)
+    assert sw.tokens == ref[0].tolist() and sw.screen_topk_ok
+    assert sw.full_error <= sw.safety * sw.calib_error  # the margin covered the largest error here

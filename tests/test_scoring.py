@@ -47,10 +47,12 @@ def test_formal_sentences_lengths_dedup_and_seeded_shuffle() -> None:
 
 
 def test_strip_wiki_markup() -> None:
-    raw = ("{{Infobox person|name=X|born={{birth date|1900|1|1}}}}\n== History ==\n"
-           "'''Ada''' was a [[mathematician]] from [[London|the capital]].<ref>{{cite book|t=a}}</ref> "
-           "[[File:Ada.jpg|thumb|A [[portrait]]]]\n{| class=wikitable\n|-\n| a || b\n|}\n* a list item\n"
-           "[[Category:People]]")
+    raw = (
+        "{{Infobox person|name=X|born={{birth date|1900|1|1}}}}\n== History ==\n"
+        "'''Ada''' was a [[mathematician]] from [[London|the capital]].<ref>{{cite book|t=a}}</ref> "
+        "[[File:Ada.jpg|thumb|A [[portrait]]]]\n{| class=wikitable\n|-\n| a || b\n|}\n* a list item\n"
+        "[[Category:People]]"
+    )
     assert corpora.strip_wiki_markup(raw) == "Ada was a mathematician from the capital."
 
 
@@ -104,8 +106,17 @@ def test_unknown_name_and_single_string() -> None:
         load_scorer("sentimnet")
     with pytest.raises(TypeError):
         load_scorer("vader").score("a single string")
-    assert set(scoring.SCORERS) >= {"sentiment", "formality", "refusal", "offensiveness", "vader", "textblob",
-                                    CARDIFF, FORMALITY, AGREE}
+    assert set(scoring.SCORERS) >= {
+        "sentiment",
+        "formality",
+        "refusal",
+        "offensiveness",
+        "vader",
+        "textblob",
+        CARDIFF,
+        FORMALITY,
+        AGREE,
+    }
     assert scoring.SCORERS["sentiment"].substitute_for == "cardiffnlp/twitter-roberta-base-sentiment-latest"
     assert scoring.SCORERS["formality"].substitute_for == "s-nlp/roberta-base-formality-ranker"
 
@@ -113,15 +124,21 @@ def test_unknown_name_and_single_string() -> None:
 # --------------------------------------------------------------------------------------------- hub scorers
 def test_label_identity_mapping() -> None:
     form = HUB_SPECS[FORMALITY]
-    out = [[{"label": "informal", "score": 0.9}, {"label": "formal", "score": 0.1}],
-           [{"label": "formal", "score": 0.7}, {"label": "informal", "score": 0.3}]]
+    out = [
+        [{"label": "informal", "score": 0.9}, {"label": "formal", "score": 0.1}],
+        [{"label": "formal", "score": 0.7}, {"label": "informal", "score": 0.3}],
+    ]
     np.testing.assert_allclose(map_classification(out, form), [-0.8, 0.4])  # substring test would give +0.9
     sent = HUB_SPECS[CARDIFF]
+
     def row(**kw: float) -> list[dict[str, object]]:
         return [{"label": k, "score": v} for k, v in kw.items()]
 
-    out = [row(negative=0.7, neutral=0.2, positive=0.1), row(neutral=0.5, positive=0.4, negative=0.1),
-           row(positive=0.6, negative=0.3, neutral=0.1)]
+    out = [
+        row(negative=0.7, neutral=0.2, positive=0.1),
+        row(neutral=0.5, positive=0.4, negative=0.1),
+        row(positive=0.6, negative=0.3, neutral=0.1),
+    ]
     np.testing.assert_allclose(map_classification(out, sent), [-0.7, 0.0, 0.6])
     agree = HUB_SPECS[AGREE]
     zs = [{"labels": ["disagreeable and contentious", "agreeable and cooperative"], "scores": [0.8, 0.2]}]
@@ -177,12 +194,24 @@ def heads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_heads_signs(heads: Path) -> None:
     sent = load_scorer("sentiment", heads)
-    s = sent.score(["This is awesome, best day ever!", "What a great experience, I really enjoyed it.",
-                    "This is awful, I hate it, worst experience ever.", "Terrible service, never again.", ""])
+    s = sent.score(
+        [
+            "This is awesome, best day ever!",
+            "What a great experience, I really enjoyed it.",
+            "This is awful, I hate it, worst experience ever.",
+            "Terrible service, never again.",
+            "",
+        ]
+    )
     assert min(s[:2]) > 0 > max(s[2:4]) and s[4] == 0.0 and np.all(np.abs(s) <= 1)
     form = load_scorer("formality", heads)
-    f = form.score(["The committee shall convene on Thursday to deliberate on the proposed amendments.",
-                    "lol omg cant wait 4 the weekend!!! so bored rn", ""])
+    f = form.score(
+        [
+            "The committee shall convene on Thursday to deliberate on the proposed amendments.",
+            "lol omg cant wait 4 the weekend!!! so bored rn",
+            "",
+        ]
+    )
     assert f[0] > 0 > f[1] and f[2] == 0.0
 
 
@@ -210,20 +239,31 @@ def test_heads_deterministic(heads: Path, tmp_path: Path) -> None:
         b = joblib.load(scoring.head_path(tmp_path, name))
         np.testing.assert_allclose(a.coef_, b.coef_, rtol=1e-5, atol=1e-6)
     assert not set(scoring.sentiment_training_set(N_TRAIN, 1)["text"]) == set(
-        scoring.sentiment_training_set(N_TRAIN, 0)["text"])
+        scoring.sentiment_training_set(N_TRAIN, 0)["text"]
+    )
 
 
 def test_validate_table(heads: Path, tmp_path: Path) -> None:
-    pd.DataFrame({"id": ["p0", "p1"], "topic": ["a", "b"],
-                  "formal": ["I would be grateful if you could send the report at your earliest convenience.",
-                             "We regret to inform you that the meeting has been postponed."],
-                  "informal": ["yo send me that report asap lol", "ugh meeting's off, sorry guys"]}
-                 ).to_json(tmp_path / "formality_validation.jsonl", orient="records", lines=True)
-    pd.DataFrame({"id": ["r0", "r1"], "label": ["refusal", "compliance"],
-                  "text": ["I'm sorry, but I can't help with that.", "Sure, here are the steps."]}
-                 ).to_json(tmp_path / "refusal_responses.jsonl", orient="records", lines=True)
+    pd.DataFrame(
+        {
+            "id": ["p0", "p1"],
+            "topic": ["a", "b"],
+            "formal": [
+                "I would be grateful if you could send the report at your earliest convenience.",
+                "We regret to inform you that the meeting has been postponed.",
+            ],
+            "informal": ["yo send me that report asap lol", "ugh meeting's off, sorry guys"],
+        }
+    ).to_json(tmp_path / "formality_validation.jsonl", orient="records", lines=True)
+    pd.DataFrame(
+        {
+            "id": ["r0", "r1"],
+            "label": ["refusal", "compliance"],
+            "text": ["I'm sorry, but I can't help with that.", "Sure, here are the steps."],
+        }
+    ).to_json(tmp_path / "refusal_responses.jsonl", orient="records", lines=True)
     df = scorer_validation.validate(heads, n_test=30, seed=0, data_dir=tmp_path)
-    assert list(df.columns) == ["scorer", "test_set", "n", "accuracy", "baseline", "zero_rate"]
+    assert list(df.columns) == ["scorer", "test_set", "n", "accuracy", "baseline", "zero_rate", "auc"]
     rows = {(r.scorer, r.test_set): r for r in df.itertuples()}
     assert rows[("sentiment", "tweets_heldout_3class")].n == 30
     assert rows[("vader", "pang_lee")].n == rows[("sentiment", "pang_lee_forced")].n == 200
@@ -237,3 +277,21 @@ def test_validate_table(heads: Path, tmp_path: Path) -> None:
     assert np.isnan(rows[("refusal", "project_refusal_responses")].zero_rate)
     # the sentiment head's forced P(pos) > P(neg) decision never abstains, so it is at least as accurate
     assert rows[("sentiment", "pang_lee_forced")].accuracy >= rows[("sentiment", "pang_lee")].accuracy
+    # the continuous P(pos) - P(neg) decides like the forced rule and never abstains; its AUC is threshold-free
+    prob = rows[("sentiment_prob", "pang_lee")]
+    assert prob.accuracy == pytest.approx(rows[("sentiment", "pang_lee_forced")].accuracy) and prob.zero_rate == 0
+    assert 0.5 < prob.auc <= 1 and np.isnan(rows[("sentiment", "tweets_heldout_3class")].auc)
+    assert 0.5 < rows[("formality", "tweets_vs_formal_heldout")].auc <= 1
+
+
+def test_continuous_sentiment_scorer(heads: Path) -> None:
+    assert scoring.continuous_variant("sentiment") == "sentiment_prob"
+    assert scoring.continuous_variant("formality") == "formality"
+    hub = scoring.continuous_variant("hf:cardiffnlp/twitter-roberta-base-sentiment-latest")
+    assert scoring.HUB_SPECS[hub].mode == "prob_diff"
+    texts = ["I love this, it is wonderful and delightful!", "This is awful, I hate it so much.", "The bus is at 9."]
+    argmax, prob = scoring.load_scorer("sentiment", heads), scoring.load_scorer("sentiment_prob", heads)
+    p = argmax.proba(texts)  # type: ignore[attr-defined]
+    c = {k: i for i, k in enumerate(argmax.classes)}  # type: ignore[attr-defined]
+    np.testing.assert_allclose(prob.score(texts), p[:, c["positive"]] - p[:, c["negative"]])
+    assert prob.score(texts)[0] > 0 > prob.score(texts)[1]

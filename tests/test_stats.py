@@ -145,8 +145,7 @@ def test_compare_bundles_consistent_values() -> None:
     assert (c.d_ci_low, c.d_ci_high) == st.cohens_d_ci(a, b, n_boot=500, seed=2)
     assert c.welch_p == pytest.approx(st.welch_t(a, b)[1])
     assert c.tost_p == pytest.approx(st.tost(a, b))
-    assert set(c.to_dict()) >= {"n1", "n2", "mean1", "mean2", "cohens_d", "d_ci_low", "d_ci_high",
-                                "welch_p", "tost_p"}
+    assert set(c.to_dict()) >= {"n1", "n2", "mean1", "mean2", "cohens_d", "d_ci_low", "d_ci_high", "welch_p", "tost_p"}
 
 
 def test_js_distance_bounds_and_scipy() -> None:
@@ -161,3 +160,82 @@ def test_js_distance_bounds_and_scipy() -> None:
     assert st.js_distance(x, x) == 0.0
     assert st.js_distance([0.0, 0.1, 0.2], [5.0, 5.1, 5.2]) == pytest.approx(1.0)  # disjoint supports
     assert st.js_distance([1.0, 1.0], [1.0]) == 0.0 and math.isnan(st.js_distance([], [1.0]))
+
+
+# ------------------------------------------------------------------------------- paired, effect-relative
+def _units(
+    rng: np.random.Generator, n: int, effect: float, eff: float, sx: float, sr: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-unit means: zero z_i (a unit effect shared by all conditions), ref r_i = z_i + effect + e_r,
+    x_i = z_i + eff·effect + e_x."""
+    z = rng.normal(0.0, 1.0, n)
+    return z + eff * effect + rng.normal(0, sx, n), z + effect + rng.normal(0, sr, n), z
+
+
+def test_effect_tost_is_two_paired_one_sided_t_tests() -> None:
+    rng = np.random.default_rng(0)
+    x, r, z = _units(rng, 15, 1.0, 1.0, 0.3, 0.3)
+    res = st.effect_tost(x, r, z, delta=0.2)
+    lo, hi = (x - z) - 0.8 * (r - z), 1.2 * (r - z) - (x - z)
+    assert res.p_lower == pytest.approx(sps.ttest_1samp(lo, 0.0, alternative="greater").pvalue)
+    assert res.p_upper == pytest.approx(sps.ttest_1samp(hi, 0.0, alternative="greater").pvalue)
+    assert res.p == max(res.p_lower, res.p_upper)
+    assert res.efficacy == pytest.approx(np.mean(x - z) / np.mean(r - z))
+    assert res.effect == pytest.approx(np.mean(r - z)) and res.margin == pytest.approx(0.2 * res.effect)
+    # unit effects cancel: adding a large per-unit offset to all three conditions changes nothing
+    shift = rng.normal(0, 100, 15)
+    assert st.effect_tost(x + shift, r + shift, z + shift).p == pytest.approx(res.p)
+    # no effect -> cannot be equivalent; degenerate -> nan
+    assert st.effect_tost(z + 0.01, z, z).p > 0.5
+    assert math.isnan(st.effect_tost([1.0], [2.0], [0.0]).p)
+
+
+def test_effect_tost_size_at_the_margin_and_power_by_simulation() -> None:
+    rng = np.random.default_rng(1)
+    n, effect, sx, sr = 20, 1.0, 0.4, 0.3
+    # true efficacy exactly at the lower margin: rejection rate <= alpha (size)
+    rej = np.mean([st.effect_tost(*_units(rng, n, effect, 0.8, sx, sr)).p < 0.05 for _ in range(2000)])
+    assert rej <= 0.05 + 0.015
+    # power at efficacy 1: the non-central t bound is conservative, and tight where designs aim (power >= 0.7)
+    sd_lo, sd_hi = math.sqrt(sx**2 + 0.64 * sr**2), math.sqrt(sx**2 + 1.44 * sr**2)
+    for n_units, tight in ((20, False), (60, True)):
+        sims = np.mean([st.effect_tost(*_units(rng, n_units, effect, 1.0, sx, sr)).p < 0.05 for _ in range(2000)])
+        pw = st.effect_tost_power(n_units, effect, sd_lo, sd_upper=sd_hi)
+        assert pw <= sims + 0.03
+        if tight:
+            assert 0.6 < pw < 0.97 and pw == pytest.approx(sims, abs=0.05)
+    assert st.effect_tost_power(1, 1.0, 0.1) == 0.0 and st.effect_tost_power(10, -1.0, 0.1) == 0.0
+    assert st.effect_tost_power(40, 1.0, 0.4) > st.effect_tost_power(20, 1.0, 0.4)
+
+
+def test_samples_for_power_is_the_smallest_sufficient() -> None:
+    s, pw = st.samples_for_power(20, 1.0, 0.05, 0.8, target=0.8, s_max=32)
+    assert pw >= 0.8
+    if s > 1:
+        sd = math.sqrt(0.05**2 + 0.8**2 / (s - 1))
+        assert st.effect_tost_power(20, 1.0, sd) < 0.8
+    capped, pw_cap = st.samples_for_power(5, 0.1, 1.0, 1.0, s_max=3)
+    assert capped == 3 and pw_cap < 0.8
+
+
+def test_paired_efficacy_ci_covers_truth() -> None:
+    rng = np.random.default_rng(2)
+    hits = 0
+    for i in range(200):
+        x, r, z = _units(rng, 30, 1.0, 0.9, 0.3, 0.3)
+        lo, hi = st.paired_efficacy_ci(x, r, z, n_boot=500, seed=i)
+        hits += lo <= 0.9 <= hi
+    assert 0.88 <= hits / 200 <= 0.99
+
+
+def test_auc_matches_rank_definition_and_against_fraction() -> None:
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    s = y + rng.normal(0, 1, 200)
+    s[:20] = np.round(s[:20])  # ties
+    pos, neg = s[y == 1], s[y == 0]
+    by_hand = np.mean((pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :]))
+    assert st.auc(s, y) == pytest.approx(by_hand)
+    assert st.auc([0.1, 0.2], [1, 1]) != st.auc([0.1, 0.2], [1, 1])  # nan without both classes
+    assert st.against_fraction([1.0, -1.0, 0.0, 2.0]) == 0.25
+    assert st.against_fraction([1.0, -1.0, -3.0], direction=-1.0) == pytest.approx(1 / 3)

@@ -8,8 +8,12 @@ from steerlimits.data import Prompt
 from steerlimits.prompting import encode_all, left_pad
 from steerlimits.steer import GenerationConfig, generate, shipped_decoding
 
-PROMPTS = [Prompt("Tell me about the harbour"), Prompt("A short note on the weather in spring, please"),
-           Prompt("Why"), Prompt("Describe the old library on the hill in a few words")]
+PROMPTS = [
+    Prompt("Tell me about the harbour"),
+    Prompt("A short note on the weather in spring, please"),
+    Prompt("Why"),
+    Prompt("Describe the old library on the hill in a few words"),
+]
 
 
 def test_batched_greedy_equals_one_at_a_time(tiny_llama) -> None:
@@ -62,8 +66,9 @@ def test_limit_keeps_first_jobs(tiny_llama) -> None:
     full = generate(model, tok, ids, cfg, n_samples=2, progress=False)
     part = generate(model, tok, ids, cfg, n_samples=2, limit=5, progress=False)
     assert len(full) == 8 and len(part) == 5
-    assert [(g.prompt_index, g.sample, g.continuation) for g in part] == \
-        [(g.prompt_index, g.sample, g.continuation) for g in full[:5]]
+    assert [(g.prompt_index, g.sample, g.continuation) for g in part] == [
+        (g.prompt_index, g.sample, g.continuation) for g in full[:5]
+    ]
 
 
 def test_explicit_decoding_is_really_explicit_and_faithful_uses_shipped_defaults(tiny_llama, monkeypatch) -> None:
@@ -89,8 +94,13 @@ def test_explicit_decoding_is_really_explicit_and_faithful_uses_shipped_defaults
 
     faithful = decoding_settings(Decoding("faithful", temperature=0.8, top_p=1.0, batch_size=2), model)
     assert faithful["top_k"] == 50 and faithful["source"]["top_k"] == "transformers global default"
-    cfg = GenerationConfig(max_new_tokens=2, batch_size=2, top_k=faithful["top_k"], top_p=faithful["top_p"],
-                           repetition_penalty=faithful["repetition_penalty"])
+    cfg = GenerationConfig(
+        max_new_tokens=2,
+        batch_size=2,
+        top_k=faithful["top_k"],
+        top_p=faithful["top_p"],
+        repetition_penalty=faithful["repetition_penalty"],
+    )
     generate(model, tok, ids, cfg, progress=False)
     assert "TopKLogitsWarper" in seen[-1]
 
@@ -99,7 +109,12 @@ def test_explicit_decoding_is_really_explicit_and_faithful_uses_shipped_defaults
     shipped = shipped_decoding(model)
     assert shipped["top_k"] == 20 and shipped["repetition_penalty"] == 1.05
     assert shipped["source"]["top_k"] == "checkpoint generation_config"
-    cfg = GenerationConfig(max_new_tokens=2, batch_size=2, top_k=shipped["top_k"], top_p=shipped["top_p"],
-                           repetition_penalty=shipped["repetition_penalty"])
+    cfg = GenerationConfig(
+        max_new_tokens=2,
+        batch_size=2,
+        top_k=shipped["top_k"],
+        top_p=shipped["top_p"],
+        repetition_penalty=shipped["repetition_penalty"],
+    )
     generate(model, tok, ids, cfg, progress=False)
     assert {"TopKLogitsWarper", "RepetitionPenaltyLogitsProcessor"} <= seen[-1]

@@ -23,23 +23,101 @@ NEW_TRAITS = ("politeness", "agreeableness", "truthfulness")
 # Pole words (hand-written ground truth): the words that differ inside a pair must come from the right pole.
 POLES: dict[str, tuple[set[str], set[str]]] = {
     "politeness": (
-        {"polite", "respectful", "courteous", "courteously", "considerate", "well-mannered", "gracious",
-         "tactfully", "kindly", "good", "friendly"},
-        {"rude", "rudely", "disrespectful", "inconsiderate", "ill-mannered", "insulting", "snide", "tactlessly",
-         "harshly", "bad", "condescending", "mocking"},
+        {
+            "polite",
+            "respectful",
+            "courteous",
+            "courteously",
+            "considerate",
+            "well-mannered",
+            "gracious",
+            "tactfully",
+            "kindly",
+            "good",
+            "friendly",
+        },
+        {
+            "rude",
+            "rudely",
+            "disrespectful",
+            "inconsiderate",
+            "ill-mannered",
+            "insulting",
+            "snide",
+            "tactlessly",
+            "harshly",
+            "bad",
+            "condescending",
+            "mocking",
+        },
     ),
     "agreeableness": (
-        {"agreeable", "cooperative", "warm", "accommodating", "helpfully", "supportively", "supportive",
-         "easy-going", "willing", "friendly", "obliging", "help", "trusting", "generous", "patient", "kind"},
-        {"disagreeable", "uncooperative", "cold", "obstructive", "unhelpfully", "grudgingly", "grudging",
-         "stubborn", "unwilling", "hostile", "argumentative", "argue", "suspicious", "impatient", "harsh",
-         "combative"},
+        {
+            "agreeable",
+            "cooperative",
+            "warm",
+            "accommodating",
+            "helpfully",
+            "supportively",
+            "supportive",
+            "easy-going",
+            "willing",
+            "friendly",
+            "obliging",
+            "help",
+            "trusting",
+            "generous",
+            "patient",
+            "kind",
+        },
+        {
+            "disagreeable",
+            "uncooperative",
+            "cold",
+            "obstructive",
+            "unhelpfully",
+            "grudgingly",
+            "grudging",
+            "stubborn",
+            "unwilling",
+            "hostile",
+            "argumentative",
+            "argue",
+            "suspicious",
+            "impatient",
+            "harsh",
+            "combative",
+        },
     ),
     "truthfulness": (
-        {"accurate", "accurately", "correct", "correctly", "true", "truthful", "truthfully", "reliable", "real",
-         "genuine", "fact-checked"},
-        {"inaccurate", "false", "incorrectly", "wrong", "misleading", "mistaken", "invented", "plausible",
-         "plausible-sounding", "errors", "convincing", "convincingly", "believable"},
+        {
+            "accurate",
+            "accurately",
+            "correct",
+            "correctly",
+            "true",
+            "truthful",
+            "truthfully",
+            "reliable",
+            "real",
+            "genuine",
+            "fact-checked",
+        },
+        {
+            "inaccurate",
+            "false",
+            "incorrectly",
+            "wrong",
+            "misleading",
+            "mistaken",
+            "invented",
+            "plausible",
+            "plausible-sounding",
+            "errors",
+            "convincing",
+            "convincingly",
+            "believable",
+        },
     ),
 }
 
@@ -128,12 +206,23 @@ def test_contrast_pairs_on_planted_file(tmp_path: Path) -> None:
     with open(tmp_path / "traits.jsonl", "w", encoding="utf-8") as f:
         for trait, n in planted.items():
             for k in range(n):
-                f.write(json.dumps({"id": f"{trait}-{k:03d}", "trait": trait, "context": f"c{k}",
-                                    "positive": f"P {trait} c{k}", "negative": f"N {trait} c{k}"}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": f"{trait}-{k:03d}",
+                            "trait": trait,
+                            "context": f"c{k}",
+                            "positive": f"P {trait} c{k}",
+                            "negative": f"N {trait} c{k}",
+                        }
+                    )
+                    + "\n"
+                )
     for trait, n in planted.items():
         pairs = D.contrast_pairs(trait, tmp_path)
         assert [(p.positive.user, p.negative.user) for p in pairs] == [
-            (f"P {trait} c{k}", f"N {trait} c{k}") for k in range(n)]
+            (f"P {trait} c{k}", f"N {trait} c{k}") for k in range(n)
+        ]
     assert D.contrast_pairs("formality", tmp_path) == []
     with pytest.raises(ValueError, match="truthfulness"):
         D.contrast_pairs("honesty", tmp_path)

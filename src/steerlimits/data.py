@@ -39,7 +39,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# paper B's five traits (spec B §3) are the records of traits.jsonl; politeness, agreeableness and truthfulness are
+# paper B's five traits (docs/paperB.md) are the records of traits.jsonl; politeness, agreeableness and truthfulness are
 # scored only by the hub zero-shot classifier, so the offline default config uses sentiment and formality
 TRAITS: tuple[str, ...] = ("sentiment", "formality", "politeness", "agreeableness", "truthfulness")
 BEHAVIOURS: tuple[str, ...] = ("refusal", "persona_evil", *TRAITS)

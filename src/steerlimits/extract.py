@@ -42,8 +42,9 @@ class VectorSet:
 
 
 @torch.no_grad()
-def collect_activations(model: Any, tok: Any, prompts: Sequence[Sequence[int]], batch_size: int = 16,
-                        progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_activations(
+    model: Any, tok: Any, prompts: Sequence[Sequence[int]], batch_size: int = 16, progress: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual activations at every block input for each prompt.
 
     Returns
@@ -55,9 +56,9 @@ def collect_activations(model: Any, tok: Any, prompts: Sequence[Sequence[int]], 
     lasts, means = [], []
     pid = pad_id(tok)
     for start in tqdm(range(0, len(prompts), batch_size), desc="activations", disable=not progress):
-        ids, mask = left_pad(prompts[start:start + batch_size], pid)
+        ids, mask = left_pad(prompts[start : start + batch_size], pid)
         hidden = forward_hidden(model, ids, mask)
-        states = torch.stack(hidden[:n_layers], dim=1)  # (b, L, t, d): hidden_states[l] = input of block l
+        states = torch.stack(hidden[:n_layers], dim=1).float().cpu()  # (b, L, t, d): hidden_states[l] = block l input
         lasts.append(states[:, :, -1, :].float())
         keep = mask.clone()
         first = mask.argmax(dim=1)  # first real token under left padding
@@ -76,8 +77,9 @@ def _first_pc(diffs: torch.Tensor) -> torch.Tensor:
     return vh[0].to(diffs.dtype)
 
 
-def contrastive_vectors(pos_last: torch.Tensor, neg_last: torch.Tensor, pos_mean: torch.Tensor,
-                        neg_mean: torch.Tensor) -> VectorSet:
+def contrastive_vectors(
+    pos_last: torch.Tensor, neg_last: torch.Tensor, pos_mean: torch.Tensor, neg_mean: torch.Tensor
+) -> VectorSet:
     """All methods from paired activations, each input (n_pairs, n_layers, d)."""
     if pos_last.shape != neg_last.shape:
         raise ValueError(f"paired activations differ in shape: {tuple(pos_last.shape)} vs {tuple(neg_last.shape)}")
@@ -90,8 +92,9 @@ def contrastive_vectors(pos_last: torch.Tensor, neg_last: torch.Tensor, pos_mean
         sign = 1.0 if float(pc @ md_last[layer]) >= 0 else -1.0
         pcs.append(sign * pc * md_last[layer].norm())
         signs.append(sign)
-    vs = VectorSet({"mean_diff_last": md_last, "mean_diff_mean": md_mean, "pca": torch.stack(pcs)},
-                   n_pairs=int(pos_last.shape[0]))
+    vs = VectorSet(
+        {"mean_diff_last": md_last, "mean_diff_mean": md_mean, "pca": torch.stack(pcs)}, n_pairs=int(pos_last.shape[0])
+    )
     vs.meta["pca_sign_flips"] = [i for i, s in enumerate(signs) if s < 0]
     vs.meta["cos_mean_diff_pca"] = [
         round(float(torch.nn.functional.cosine_similarity(md_last[i], vs.vectors["pca"][i], dim=0)), 6)

@@ -36,7 +36,9 @@ __all__ = [
     "Site",
     "SteerHandle",
     "add_vector",
+    "directional_ablation",
     "forward_hidden",
+    "model_device",
     "position_ids_from_mask",
     "record",
     "resolve_blocks",
@@ -139,7 +141,10 @@ def resolve_blocks(model: nn.Module, layers_path: str | None = None) -> tuple[Bl
         name, blocks = candidates[0]
         logger.warning(
             "model_type %r is not in LAYER_TABLE; guessed decoder blocks at %r (%d blocks); %s",
-            model_type, name, len(blocks), hint,
+            model_type,
+            name,
+            len(blocks),
+            hint,
         )
         return BlockLocation(name, len(blocks), "guess"), blocks
     found = "none" if not candidates else ", ".join(repr(name) for name, _ in candidates)
@@ -195,21 +200,28 @@ def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
     return position_ids.masked_fill(mask == 0, 1)
 
 
-def forward_hidden(
-    model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None
-) -> tuple[Tensor, ...]:
+def forward_hidden(model: nn.Module, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, ...]:
     """One forward pass returning ``outputs.hidden_states``: ``L + 1`` tensors ``(batch, seq, d_model)``.
 
     With a mask, ``position_ids`` are derived from it so that left-padded rows get the same positions as their
     unpadded single runs. No cache is built. Gradients are not disabled here; wrap the call in
     ``torch.inference_mode()`` when they are not needed.
     """
+    device = model_device(model)
     kwargs: dict[str, Any] = {"output_hidden_states": True, "use_cache": False, "return_dict": True}
     if attention_mask is not None:
-        kwargs["attention_mask"] = attention_mask
-        kwargs["position_ids"] = position_ids_from_mask(attention_mask)
-    outputs = model(input_ids=input_ids, **kwargs)
+        kwargs["attention_mask"] = attention_mask.to(device)
+        kwargs["position_ids"] = position_ids_from_mask(attention_mask).to(device)
+    outputs = model(input_ids=input_ids.to(device), **kwargs)
     return tuple(outputs.hidden_states)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's weights are (inputs built on the CPU are moved there before a forward)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------------------- recording
@@ -374,3 +386,42 @@ def add_vector(
         yield handle
     finally:
         removable.remove()
+
+
+def _contribution_modules(block: nn.Module) -> list[nn.Module]:
+    """Modules whose outputs are added to the residual stream: attention and MLP outputs, or (Gemma-style
+    sandwich norms) the post-attention and post-feed-forward norms."""
+    if hasattr(block, "post_feedforward_layernorm") and hasattr(block, "post_attention_layernorm"):
+        return [block.post_attention_layernorm, block.post_feedforward_layernorm]  # type: ignore[list-item]
+    found = [getattr(block, name) for name in ("self_attn", "attn", "attention", "mlp") if hasattr(block, name)]
+    if len(found) != 2:
+        raise ValueError(f"cannot find the attention and MLP outputs of {type(block).__name__} for ablation")
+    return found
+
+
+@contextmanager
+def directional_ablation(model: nn.Module, vector: Tensor, layers_path: str | None = None) -> Iterator[None]:
+    """Remove a direction everywhere: ``h ↦ h − (h·v̂)v̂`` at every block input and every attention / MLP output
+    (Arditi et al. 2024, arXiv 2406.11717). Hooks are removed on exit, also on an exception."""
+    _, blocks = resolve_blocks(model, layers_path)
+    unit = vector / vector.norm()
+
+    def project(h: Tensor) -> Tensor:
+        u = unit.to(device=h.device, dtype=h.dtype)
+        return h - (h @ u)[..., None] * u
+
+    def pre(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return _replace_block_input(args, kwargs, project(_block_input(args, kwargs)))
+
+    def post(module: nn.Module, args: Any, output: Any) -> Any:
+        return rewrap(output, project(unwrap(output)))
+
+    handles = []
+    try:
+        for block in blocks:
+            handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+            handles += [mod.register_forward_hook(post) for mod in _contribution_modules(block)]
+        yield
+    finally:
+        for h in handles:
+            h.remove()

@@ -23,6 +23,7 @@ from steerlimits.registry import (
     PACKAGED,
     AssetError,
     GGUFSource,
+    ModelSource,
     ModelSpec,
     _piece_paths,
     gguf_sha256,
@@ -38,6 +39,7 @@ __all__ = [
     "gguf_sha256",
     "load_model",
     "load_prepared",
+    "resolve_device",
     "marker_sha256",
     "model_dir",
     "preflight",
@@ -49,24 +51,31 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CACHE = REPO_ROOT / "models"
 
+
 # ---------------------------------------------------------------------------------------------- preparation
 def model_dir(key: str, cache_dir: Path = DEFAULT_CACHE) -> Path:
     return Path(cache_dir) / key
 
 
-def _metadata(spec: ModelSpec, model: torch.nn.Module, sha: str | None) -> dict[str, Any]:
-    cfg = model.config
+def _metadata(spec: ModelSpec | ModelSource, model: torch.nn.Module, sha: str | None) -> dict[str, Any]:
+    cfg: Any = model.config
     return {
-        "key": spec.key, "source": spec.source, "hub_id": spec.hub_id,
+        "key": spec.key,
+        "source": spec.source,
+        "hub_id": spec.hub_id,
         "gguf_packages": list(spec.gguf.packages) if spec.gguf else None,
-        "sha256": sha, "architecture": cfg.model_type, "class": type(model).__name__,
-        "layers": cfg.num_hidden_layers, "d_model": cfg.hidden_size, "vocab": cfg.vocab_size,
+        "sha256": sha,
+        "architecture": cfg.model_type,
+        "class": type(model).__name__,
+        "layers": cfg.num_hidden_layers,
+        "d_model": cfg.hidden_size,
+        "vocab": cfg.vocab_size,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "chat_template": spec.chat_template, "refusal_trained": spec.refusal_trained, "dtype": "float32",
+        "dtype": "float32",
     }
 
 
-def _load_gguf(spec: ModelSpec, work: Path) -> tuple[Any, Any, str]:
+def _load_gguf(spec: ModelSpec | ModelSource, work: Path) -> tuple[Any, Any, str]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     assert spec.gguf is not None
@@ -102,7 +111,7 @@ def _dequantised_copy(model: Any) -> Any:
     return fresh.eval()
 
 
-def prepare(spec: ModelSpec, cache_dir: Path = DEFAULT_CACHE) -> dict[str, Any]:
+def prepare(spec: ModelSpec | ModelSource, cache_dir: Path = DEFAULT_CACHE) -> dict[str, Any]:
     """Build ``models/<key>/`` (float32 safetensors + tokenizer) and return its metadata."""
     out = model_dir(spec.key, cache_dir)
     work = Path(cache_dir) / f".{spec.key}.partial"
@@ -128,7 +137,7 @@ def prepare(spec: ModelSpec, cache_dir: Path = DEFAULT_CACHE) -> dict[str, Any]:
             preflight([spec], cache_dir)
             from transformers import AutoModelForCausalLM
 
-            model, tok, sha = AutoModelForCausalLM.from_pretrained(spec.hub_id, dtype=torch.float32), None, None
+            model, tok, sha = AutoModelForCausalLM.from_pretrained(str(spec.hub_id), dtype=torch.float32), None, None
         if tok is not None:
             model.save_pretrained(work)
             tok.save_pretrained(work)
@@ -150,7 +159,9 @@ def _weights_sha(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(key: str, spec: ModelSpec | None = None, cache_dir: Path = DEFAULT_CACHE) -> tuple[Any, Any]:
+def load_model(
+    key: str, spec: ModelSpec | ModelSource | None = None, cache_dir: Path = DEFAULT_CACHE
+) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` in float32 eval mode, preparing the cache on first use."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -159,8 +170,10 @@ def load_model(key: str, spec: ModelSpec | None = None, cache_dir: Path = DEFAUL
         raise AssetError(f"unknown model '{key}': packaged keys are {sorted(PACKAGED)}; others need a config entry")
     if spec.source == "hub":
         preflight([spec], cache_dir)
-        return (AutoModelForCausalLM.from_pretrained(spec.hub_id, dtype=torch.float32).eval(),
-                AutoTokenizer.from_pretrained(spec.hub_id))
+        return (
+            AutoModelForCausalLM.from_pretrained(str(spec.hub_id), dtype=torch.float32).eval(),
+            AutoTokenizer.from_pretrained(str(spec.hub_id)),
+        )
     folder = model_dir(key, cache_dir)
     if not (folder / "steerlimits_model.json").exists():
         log.info("preparing cache for %s in %s", key, folder)
@@ -175,10 +188,30 @@ def cached_metadata(key: str, cache_dir: Path = DEFAULT_CACHE) -> dict[str, Any]
     return json.loads((model_dir(key, cache_dir) / "steerlimits_model.json").read_text())
 
 
-def load_prepared(spec: ModelSpec, marker: str | Path) -> tuple[Any, Any]:
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA where a device is visible, else the CPU; ``cpu``; ``cuda`` (an error naming the setting when
+    no CUDA device is visible, rather than a silent fall-back that would change the numbers)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise AssetError(
+            "device: cuda, but no CUDA device is visible to torch (torch.cuda.is_available() is "
+            "False); use device: auto or cpu"
+        )
+    if name not in ("cpu", "cuda"):
+        raise AssetError(f"unknown device {name!r} (auto, cpu, cuda)")
+    return torch.device(name)
+
+
+def load_prepared(spec: ModelSpec | ModelSource, marker: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     """Load the model whose cache ``marker`` (``<cache>/<key>/steerlimits_model.json``, the output of the
-    ``prepare_model`` rule) names."""
-    return load_model(spec.key, spec, Path(marker).parent.parent)
+    ``prepare_model`` rule) names, in float32 on ``device`` (see :func:`resolve_device`)."""
+    model, tok = load_model(spec.key, spec, Path(marker).parent.parent)
+    target = resolve_device(device)
+    if target.type != "cpu":
+        model = model.to(target)
+        log.info("%s on %s", spec.key, target)
+    return model, tok
 
 
 def marker_sha256(marker: str | Path) -> str | None:

@@ -1,19 +1,26 @@
-"""Null-space estimation for paper B (spec B §2, D8, E7, §9).
+"""Null-space estimation for paper B (docs/concepts/null-space.md; decision D8; E7).
 
 Two estimators of the directions at block ``layer`` that the downstream computation ignores:
 
-* **Covariance** (the paper's stated method): singular values of the centred covariance of token activations
-  (position 0 of every prompt excluded by :data:`EXCLUDE_RULE`, style §5 trap 6), effective rank at a threshold
-  relative to the top singular value, null fraction, participation ratio.
+* **Covariance** (the paper's stated method): singular values of the centred activation matrix,
+  ``σ_i = √λ_i`` with ``λ_i`` the eigenvalues of the covariance of token activations (position 0 of every prompt,
+  an attention-sink outlier, excluded by :data:`EXCLUDE_RULE`), effective rank at a threshold relative to the top
+  singular value, null fraction, participation ratio of ``σ²``. Both estimators are stated as singular values
+  relative to ``σ₁``, so one threshold means one thing (docs/concepts/null-space.md).
 * **Jacobian** (float32 autograd): ``JᵀJ`` for ``J = ∂ log_softmax(z_last) / ∂h``, ``h`` the residual at the
   input of block ``layer`` at the last position; Jacobians stacked over prompts by summing their Gram matrices.
-  The final norm and unembedding are applied analytically (§9): with ``M = ∂ h_final / ∂δ`` (``h_final`` the
+  The final norm and unembedding are applied analytically: with ``M = ∂ h_final / ∂δ`` (``h_final`` the
   normed final hidden state, i.e. the ``lm_head`` input) and ``W`` the unembedding,
   ``JᵀJ = Mᵀ (G − u sᵀ − s uᵀ + V u uᵀ) M``, ``G = WᵀW`` (cached), ``u = Wᵀp``, ``s = Wᵀ1``, ``V = |𝒱|``.
   A ``final_logit_softcapping`` head is handled exactly in vocabulary chunks; any other head falls back to
   brute-force autograd of the full ``V × d`` Jacobian (:func:`logprob_jacobian_gram_autograd`).
+* **Fisher form** (:func:`logprob_jacobian_grams`): ``F = J_zᵀ(diag p − ppᵀ)J_z = Jᵀ diag(p) J``, the metric of
+  ``KL(p_h ‖ p_{h+u}) ≈ ½ uᵀFu``; the sum over the vocabulary is taken over the most probable tokens covering
+  ``fisher_mass`` of the probability (recorded; the remainder is a PSD term of trace at most the tail mass times
+  the largest ``‖y_v‖²``). Both forms can be taken at the unsteered point or at a steered point ``αv``.
 
-Bases are columns of right singular vectors: ``null_basis`` (``s < τ s_max``) and ``active_basis`` (the rest).
+Bases are columns of right singular vectors: ``null_basis`` (``s < τ s_max``), ``active_basis`` (the rest) and
+``top_basis`` (the first k: the most sensitive directions).
 The perturbation samplers live in :mod:`steerlimits.samplers` and are re-exported here.
 """
 
@@ -47,11 +54,13 @@ __all__ = [
     "jacobian_spectrum",
     "logprob_jacobian_gram",
     "logprob_jacobian_gram_autograd",
+    "logprob_jacobian_grams",
     "null_basis",
     "null_fraction",
     "participation_ratio",
     "principal_angles",
     "sample_perturbations",
+    "top_basis",
     "unembedding_gram",
 ]
 
@@ -72,13 +81,20 @@ class Spectrum:
     excluded_positions: str
 
     def summary(self, thresholds: Sequence[float]) -> list[dict[str, Any]]:
-        """One row per threshold: effective rank, null fraction, participation ratio (table B-T7)."""
-        pr = participation_ratio(self.singular_values)
+        """One row per threshold: effective rank, null fraction, participation ratio of ``s²`` (table B-T7)."""
+        pr = participation_ratio(self.singular_values**2)
         return [
-            {"layer": self.layer, "method": self.method, "threshold": float(t), "d": int(self.singular_values.size),
-             "n_samples": self.n_samples, "excluded_positions": self.excluded_positions,
-             "effective_rank": effective_rank(self.singular_values, t),
-             "null_fraction": null_fraction(self.singular_values, t), "participation_ratio": pr}
+            {
+                "layer": self.layer,
+                "method": self.method,
+                "threshold": float(t),
+                "d": int(self.singular_values.size),
+                "n_samples": self.n_samples,
+                "excluded_positions": self.excluded_positions,
+                "effective_rank": effective_rank(self.singular_values, t),
+                "null_fraction": null_fraction(self.singular_values, t),
+                "participation_ratio": pr,
+            }
             for t in thresholds
         ]
 
@@ -97,7 +113,8 @@ def _sorted_sv(values: np.ndarray, vectors: np.ndarray | None = None) -> tuple[n
 
 
 def covariance_decomposition(acts: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Singular values (decreasing, float64) and right singular vectors ``(d, d)`` of the centred covariance.
+    """Singular values (decreasing, float64) of the centred activation matrix ``Xc / √(n − 1)`` (``√`` of the
+    covariance eigenvalues) and the right singular vectors ``(d, d)``.
 
     ``acts`` is ``(n_tokens, d)``; the covariance is ``XcᵀXc / (n − 1)`` in float64.
     """
@@ -109,11 +126,12 @@ def covariance_decomposition(acts: Tensor | np.ndarray) -> tuple[np.ndarray, np.
     values, vectors = np.linalg.eigh(cov)
     sv, vecs = _sorted_sv(values, vectors)
     assert vecs is not None
-    return sv, vecs
+    return np.sqrt(sv), vecs
 
 
 def covariance_spectrum(acts: Tensor | np.ndarray) -> np.ndarray:
-    """Singular values of the centred covariance of ``acts`` ``(n_tokens, d)``, decreasing, float64."""
+    """Singular values of the centred activation matrix of ``acts`` ``(n_tokens, d)`` (√ covariance eigenvalues),
+    decreasing, float64."""
     return covariance_decomposition(acts)[0]
 
 
@@ -132,7 +150,8 @@ def null_fraction(sv: np.ndarray, rel_threshold: float) -> float:
 
 
 def participation_ratio(sv: np.ndarray) -> float:
-    """``(Σ s)² / Σ s²`` over the spectrum (covariance eigenvalues); nan for an all-zero spectrum."""
+    """``(Σ λ)² / Σ λ²`` over a variance-like spectrum ``λ`` (pass ``s²`` for singular values); nan for an
+    all-zero spectrum."""
     s = np.asarray(sv, np.float64)
     denom = float(np.sum(s**2))
     return float(np.sum(s) ** 2 / denom) if denom > 0 else float("nan")
@@ -155,6 +174,14 @@ def null_basis(sv: np.ndarray, vectors: Tensor | np.ndarray, rel_threshold: floa
 def active_basis(sv: np.ndarray, vectors: Tensor | np.ndarray, rel_threshold: float) -> Tensor:
     """Orthonormal ``(d, d − k)`` complement of :func:`null_basis` (``s >= rel_threshold · s_max``)."""
     return _split(sv, vectors, rel_threshold, null=False)
+
+
+def top_basis(vectors: Tensor | np.ndarray, k: int) -> Tensor:
+    """The first ``k`` columns (the top right singular vectors, ``(d, k)``) of a decreasing decomposition."""
+    v = vectors if isinstance(vectors, Tensor) else torch.from_numpy(np.asarray(vectors))
+    if not 0 < k <= v.shape[1]:
+        raise ValueError(f"k must lie in [1, {v.shape[1]}], got {k}")
+    return v[:, :k]
 
 
 def principal_angles(a: Tensor | np.ndarray, b: Tensor | np.ndarray) -> np.ndarray:
@@ -234,7 +261,7 @@ def unembedding_gram(weight: Tensor, chunk: int = 16384) -> tuple[Tensor, Tensor
     s = torch.zeros(d, dtype=torch.float64)
     with torch.no_grad():
         for start in range(0, weight.shape[0], chunk):
-            w = weight[start:start + chunk].detach().cpu().double()
+            w = weight[start : start + chunk].detach().cpu().double()
             g += w.T @ w
             s += w.sum(0)
     for key in [k for k, entry in _GRAM_CACHE.items() if entry[0]() is None]:
@@ -285,22 +312,30 @@ def logprob_jacobian_gram_autograd(
     return jac.T @ jac
 
 
-def logprob_jacobian_gram(
+def logprob_jacobian_grams(
     model: nn.Module,
     input_ids: Tensor,
     attention_mask: Tensor | None,
     layer: int,
     *,
+    at: Tensor | None = None,
+    fisher_mass: float | None = None,
     chunk_size: int | None = None,
     vocab_chunk: int = 16384,
-) -> Tensor:
-    """``JᵀJ`` ``(d, d)`` float64 for ``J = ∂ log_softmax(logits_last) / ∂h_layer`` at the last prompt position.
+    max_fisher_tokens: int = 8192,
+) -> dict[str, Any]:
+    """Gram matrices ``(d, d)`` float64 of ``J = ∂ log_softmax(logits_last) / ∂h_layer`` at the last prompt position.
 
-    One prompt (``(seq,)`` or ``(1, seq)``, pads stripped by ``attention_mask``). The prefix is run once into a
-    KV cache; ``M = ∂ h_final / ∂δ`` is then taken by reverse-mode autograd (``torch.func.jacrev``, ``d``
-    cotangents vmapped, ``chunk_size`` at a time) through the last token only, with ``δ`` added by
-    :func:`steerlimits.hooks.add_vector`. The head is applied analytically (module docstring); if the head does
-    not reproduce the model's logits, brute force is used instead (logged as a WARNING).
+    One prompt (``(seq,)`` or ``(1, seq)``, pads stripped by ``attention_mask``). ``at`` ``(d,)``: the derivative is
+    taken at ``h + at`` (the steered point; the offset is added at the last position only, as steering does for
+    the next token); None = the unsteered point. Returns ``{"plain": JᵀJ}`` and, with ``fisher_mass``, also
+    ``"fisher"`` (``Jᵀ diag(p) J``, tokens covering ``fisher_mass`` of the probability, at most
+    ``max_fisher_tokens``) with ``"fisher_tokens"`` and ``"fisher_covered"`` (the mass covered).
+
+    The prefix is run once into a KV cache; ``M = ∂ h_final / ∂δ`` is taken by reverse-mode autograd
+    (``torch.func.jacrev``, ``d`` cotangents vmapped, ``chunk_size`` at a time) through the last token only, with
+    ``δ`` added by :func:`steerlimits.hooks.add_vector`. The head is applied analytically (module docstring); if it
+    does not reproduce the model's logits, brute force is used instead (logged as a WARNING).
     """
     if next(model.parameters()).dtype != torch.float32:
         logger.warning("model dtype is %s, not float32 (D3)", next(model.parameters()).dtype)
@@ -322,39 +357,114 @@ def logprob_jacobian_gram(
             out = base(input_ids=last_ids, past_key_values=kv, use_cache=kv is not None, position_ids=position_ids)
         return out.last_hidden_state[0, -1]
 
-    zero = torch.zeros(d, device=ids.device, dtype=torch.float32)
+    point = (
+        torch.zeros(d, device=ids.device, dtype=torch.float32)
+        if at is None
+        else at.detach().to(device=ids.device, dtype=torch.float32).reshape(d)
+    )
     with torch.no_grad():
-        h = final_hidden(zero)
+        h = final_hidden(point)
         kv = copy.deepcopy(cache) if cache is not None else None
-        ref = model(input_ids=last_ids, past_key_values=kv, use_cache=kv is not None,
-                    position_ids=position_ids).logits[0, -1].double()
+        with add_vector(model, layer, point, 1.0, positions="last_prompt_and_generated", prompt_length=seq):
+            ref = (
+                model(input_ids=last_ids, past_key_values=kv, use_cache=kv is not None, position_ids=position_ids)
+                .logits[0, -1]
+                .double()
+            )
         pre = (weight @ h + (bias if bias is not None else 0.0)).double()
         logits = cap * torch.tanh(pre / cap) if cap else pre
         if not torch.allclose(logits, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())):
-            logger.warning("%s: lm_head(h_final) does not reproduce the logits; using brute-force autograd",
-                           type(model).__name__)
-            return logprob_jacobian_gram_autograd(model, ids, None, layer, chunk_size=chunk_size)
+            logger.warning(
+                "%s: lm_head(h_final) does not reproduce the logits; using brute-force autograd", type(model).__name__
+            )
+            return _grams_autograd(model, ids, layer, point, fisher_mass, chunk_size)
         p = torch.softmax(logits, dim=0).cpu()
         vocab = p.numel()
+        scale = (1.0 - torch.tanh(pre / cap) ** 2).cpu() if cap else None
         if cap is None:
             g, s = unembedding_gram(weight, vocab_chunk)
-            u = sum(weight[i:i + vocab_chunk].detach().cpu().double().T @ p[i:i + vocab_chunk]
-                    for i in range(0, vocab, vocab_chunk))
+            u = sum(
+                weight[i : i + vocab_chunk].detach().cpu().double().T @ p[i : i + vocab_chunk]
+                for i in range(0, vocab, vocab_chunk)
+            )
         else:  # Y = diag(1 − tanh²) W, accumulated in vocabulary chunks
-            scale = (1.0 - torch.tanh(pre / cap) ** 2).cpu()
+            assert scale is not None
             g = torch.zeros(d, d, dtype=torch.float64)
             s = torch.zeros(d, dtype=torch.float64)
             u = torch.zeros(d, dtype=torch.float64)
             for start in range(0, vocab, vocab_chunk):
-                y = weight[start:start + vocab_chunk].detach().cpu().double() * scale[start:start + vocab_chunk, None]
+                y = (
+                    weight[start : start + vocab_chunk].detach().cpu().double()
+                    * scale[start : start + vocab_chunk, None]
+                )
                 g += y.T @ y
                 s += y.sum(0)
-                u += y.T @ p[start:start + vocab_chunk]
+                u += y.T @ p[start : start + vocab_chunk]
         head_gram = g - torch.outer(u, s) - torch.outer(s, u) + vocab * torch.outer(u, u)
+        fisher_head = None
+        extra: dict[str, Any] = {}
+        if fisher_mass is not None:
+            top = _top_mass(p, fisher_mass, max_fisher_tokens)
+            y = weight[top].detach().cpu().double()
+            if scale is not None:
+                y = y * scale[top, None]
+            pw = p[top]
+            mean = y.T @ pw
+            fisher_head = (y * pw[:, None]).T @ y - torch.outer(mean, mean)
+            extra = {"fisher_tokens": int(top.numel()), "fisher_covered": float(pw.sum())}
         with warnings.catch_warnings():  # sdpa's backward has no vmap batching rule on CPU: a slower fallback
             warnings.filterwarnings("ignore", message="There is a performance drop")
-            m = torch.func.jacrev(final_hidden, chunk_size=chunk_size)(zero).detach().cpu().double()
-    return m.T @ head_gram @ m
+            m = torch.func.jacrev(final_hidden, chunk_size=chunk_size)(point).detach().cpu().double()
+    out: dict[str, Any] = {"plain": m.T @ head_gram @ m}
+    if fisher_head is not None:
+        out["fisher"] = m.T @ fisher_head @ m
+        out.update(extra)
+    return out
+
+
+def _top_mass(p: Tensor, mass: float, cap: int) -> Tensor:
+    """Indices of the most probable tokens covering ``mass`` of ``p`` (at least one, at most ``cap``)."""
+    order = torch.argsort(p, descending=True)
+    k = int(torch.searchsorted(torch.cumsum(p[order], 0), torch.tensor(mass, dtype=p.dtype))) + 1
+    return order[: max(1, min(k, cap, p.numel()))]
+
+
+def _grams_autograd(
+    model: nn.Module, ids: Tensor, layer: int, point: Tensor, fisher_mass: float | None, chunk_size: int | None
+) -> dict[str, Any]:
+    """Brute-force plain and Fisher grams from the full ``V × d`` Jacobian (Fisher over every token: exact)."""
+    seq = ids.shape[1]
+
+    def logp(delta: Tensor) -> Tensor:
+        with add_vector(model, layer, delta, 1.0, positions="last_prompt_and_generated", prompt_length=seq):
+            logits = model(input_ids=ids, use_cache=False).logits[0, -1]
+        return torch.log_softmax(logits.float(), dim=-1)
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        jac = torch.func.jacrev(logp, chunk_size=chunk_size)(point).double()
+        p = logp(point).double().exp()
+    out: dict[str, Any] = {"plain": jac.T @ jac}
+    if fisher_mass is not None:
+        out.update(fisher=(jac * p[:, None]).T @ jac, fisher_tokens=int(p.numel()), fisher_covered=1.0)
+    return out
+
+
+def logprob_jacobian_gram(
+    model: nn.Module,
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    layer: int,
+    *,
+    chunk_size: int | None = None,
+    vocab_chunk: int = 16384,
+) -> Tensor:
+    """``JᵀJ`` ``(d, d)`` float64 for ``J = ∂ log_softmax(logits_last) / ∂h_layer`` at the last prompt position,
+    at the unsteered point (the plain form of :func:`logprob_jacobian_grams`)."""
+    out = logprob_jacobian_grams(
+        model, input_ids, attention_mask, layer, chunk_size=chunk_size, vocab_chunk=vocab_chunk
+    )
+    return out["plain"]  # type: ignore[no-any-return]
 
 
 def jacobian_decomposition(grams: Sequence[Tensor]) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from steerlimits.provenance import atomic_path, atomic_write_json, record, sidecar_path, write_with_sidecar
+from steerlimits.provenance import (
+    atomic_path,
+    atomic_write_json,
+    record,
+    sidecar_path,
+    without_timings,
+    write_with_sidecar,
+)
 
 __all__ = [
     "read_sidecar",
@@ -62,13 +69,14 @@ def write_jsonl(path: str | Path, rows: Iterable[Mapping[str, Any]], meta: Meta 
 
 
 def write_safetensors(path: str | Path, tensors: Mapping[str, Any], meta: Meta = None) -> None:
-    """Tensors (contiguous float copies are the caller's choice); the record is also stored in the header."""
+    """Tensors (contiguous float copies are the caller's choice); the record, without its timings (so that a
+    rerun writes identical bytes), is also stored in the file's header."""
     from safetensors.torch import save_file
 
     rec = _meta(meta)
+    header = {"meta": json.dumps(without_timings(rec), default=str, sort_keys=True)}
     data = {k: t.contiguous() for k, t in tensors.items()}
-    write_with_sidecar(path, lambda tmp: save_file(data, str(tmp), metadata={"meta": json.dumps(rec, default=str)}),
-                       rec)
+    write_with_sidecar(path, lambda tmp: save_file(data, str(tmp), metadata=header), rec)
 
 
 def write_figure(fig: Any, paths: Sequence[str | Path], meta: Meta = None) -> None:

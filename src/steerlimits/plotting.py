@@ -19,8 +19,13 @@ import seaborn as sns  # noqa: E402
 __all__ = ["BEHAVIOUR_COLOURS", "MODEL_COLOURS", "colour_for", "dose_response_figure", "set_style"]
 
 MODEL_COLOURS = {
-    "smollm2-135m": "#4C72B0", "qwen2.5-coder-0.5b": "#0066FF", "gemma3-270m": "#55A868",
-    "qwen2.5-3b": "#0066FF", "llama-3.1-8b": "#FF3333", "llama-3.2-1b": "#C44E52", "qwen2.5-0.5b": "#8172B3",
+    "smollm2-135m": "#4C72B0",
+    "qwen2.5-coder-0.5b": "#0066FF",
+    "gemma3-270m": "#55A868",
+    "qwen2.5-3b": "#0066FF",
+    "llama-3.1-8b": "#FF3333",
+    "llama-3.2-1b": "#C44E52",
+    "qwen2.5-0.5b": "#8172B3",
     "gemma-3-1b": "#CCB974",
 }
 BEHAVIOUR_COLOURS = {"sentiment": "#DD8452", "formality": "#8172B3", "refusal": "#C44E52", "persona_evil": "#4B0082"}
@@ -57,7 +62,8 @@ def dose_response_figure(table: pd.DataFrame, trend: Sequence[dict[str, Any]]) -
         ax.legend(fontsize=6, loc="upper left", frameon=True)
     axes[0][0].set_ylabel("mean trait score of continuation")
     n = int(table["n"].min()) if len(table) else 0
-    fig.suptitle(f"Dose–response of contrastive vectors (n ≥ {n} generations per point, 95 % bootstrap CI)",
-                 fontsize=8, y=1.02)
+    fig.suptitle(
+        f"Dose–response of contrastive vectors (n ≥ {n} generations per point, 95 % bootstrap CI)", fontsize=8, y=1.02
+    )
     fig.tight_layout()
     return fig

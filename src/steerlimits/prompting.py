@@ -22,7 +22,7 @@ Format = Literal["chat", "frame", "raw"]
 def encode(tok: Any, prompt: Prompt, fmt: Format) -> list[int]:
     """Token ids of one prompt in the given format."""
     if fmt == "chat":
-        messages = ([{"role": "system", "content": prompt.system}] if prompt.system else [])
+        messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
         messages.append({"role": "user", "content": prompt.user})
         ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
@@ -48,8 +48,8 @@ def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     mask = torch.zeros((len(batch), width), dtype=torch.long)
     for i, seq in enumerate(batch):
         if seq:
-            ids[i, width - len(seq):] = torch.tensor(list(seq), dtype=torch.long)
-            mask[i, width - len(seq):] = 1
+            ids[i, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            mask[i, width - len(seq) :] = 1
     return ids, mask
 
 

@@ -25,9 +25,11 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "code_version",
+    "is_timing",
     "job_context",
     "record",
     "sidecar_path",
+    "without_timings",
     "write_with_sidecar",
 ]
 
@@ -42,6 +44,7 @@ OUTPUT_DIRS = ("results", "figures")
 def code_version() -> str:
     """``steerlimits-<version>+<git describe>``, with ``-dirty`` when tracked files outside :data:`OUTPUT_DIRS`
     differ from the commit (uncommitted code, configs or data), or the version alone outside a git checkout."""
+
     def git(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
 
@@ -75,10 +78,31 @@ def job_context(**job: Any) -> Iterator[None]:
         _JOB.update(previous)
 
 
+def is_timing(key: str) -> bool:
+    """A measurement of the run rather than its result: wall times and timings (``wall_s``, ``*_s``, ``timings``)."""
+    return key.endswith(("_s", "_seconds")) or key in ("timings", "timings_s")
+
+
+def without_timings(obj: Any) -> Any:
+    """``obj`` (a record) with every timing key removed, recursively: what two runs of a job must agree on."""
+    if isinstance(obj, Mapping):
+        return {k: without_timings(v) for k, v in obj.items() if not is_timing(str(k))}
+    if isinstance(obj, list | tuple):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
 def record(**extra: Any) -> dict[str, Any]:
     """The provenance block stored beside every output: code version, the job (rule, config hash, stage settings
     and their hash), plus ``extra`` (model sha256, sizes, notes, timings)."""
+    clash = set(extra) & set(_JOB)
+    if clash:
+        raise ValueError(f"a step's record may not override the job's own {sorted(clash)}")
     return {"code_version": code_version(), **_JOB, **extra}
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 @contextlib.contextmanager
@@ -93,6 +117,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the permissions open() would give
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

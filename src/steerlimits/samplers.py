@@ -1,4 +1,4 @@
-"""Seeded, norm-matched perturbation samplers for paper B (spec B §3, D7/D8; E1, E4, E6).
+"""Seeded, norm-matched perturbation samplers for paper B (docs/concepts/null-space.md, D7/D8; E1, E4, E6).
 
 ``u = ‖v‖ · P g / ‖P g‖`` with ``g ~ N(0, I)`` and ``P`` the orthogonal projector onto ``S ∩ v⊥``:
 

@@ -1,9 +1,15 @@
-"""The project's one statistics module (spec B, decision D6/D7).
+"""The project's one statistics module (docs/decisions.md, D6 and D7).
 
 Every comparison in both papers goes through these functions: pooled-SD Cohen's d (signed), percentile
 bootstrap confidence intervals, Welch's t test, TOST equivalence at ``|d| < bound_d`` (two one-sided Welch
 tests against ``±bound_d · s_p``), efficacy ``(μ(v+u) − μ(0)) / (μ(v) − μ(0))`` and its raw ratio. Every random
 draw takes an explicit integer ``seed``.
+
+Paired, effect-relative equivalence (paper B, revision 2): :func:`effect_tost` tests whether efficacy lies in
+``[1 − δ, 1 + δ]`` from per-unit (stem) means of three conditions observed on the same units, as two one-sided
+paired t tests of linear contrasts (so the margin's own estimation error is part of the test);
+:func:`effect_tost_power` and :func:`samples_for_power` size it; :func:`auc` and :func:`against_fraction` are
+descriptive.
 
 Degenerate inputs (fewer than two observations, zero pooled variance, ``μ(v) == μ(0)``) give ``nan`` rather
 than an exception; non-finite observations raise ``ValueError``.
@@ -22,6 +28,9 @@ from scipy import stats as sps
 
 __all__ = [
     "Comparison",
+    "EffectTost",
+    "against_fraction",
+    "auc",
     "bootstrap_ci",
     "cohens_d",
     "cohens_d_ci",
@@ -29,9 +38,13 @@ __all__ = [
     "efficacy",
     "efficacy_ci",
     "efficacy_raw",
+    "effect_tost",
+    "effect_tost_power",
     "js_distance",
     "mean_ci",
+    "paired_efficacy_ci",
     "pooled_sd",
+    "samples_for_power",
     "spearman",
     "tost",
     "tost_power",
@@ -170,8 +183,13 @@ def tost(a: ArrayLike, b: ArrayLike, *, bound_d: float = 0.2) -> float:
     if x.size < 2 or y.size < 2:
         return math.nan
     p = _tost_p(
-        np.array(x.mean()), np.array(y.mean()), np.array(x.var(ddof=1)), np.array(y.var(ddof=1)),
-        x.size, y.size, bound_d,
+        np.array(x.mean()),
+        np.array(y.mean()),
+        np.array(x.var(ddof=1)),
+        np.array(y.var(ddof=1)),
+        x.size,
+        y.size,
+        bound_d,
     )
     return float(p)
 
@@ -324,3 +342,161 @@ def compare(
         bound_d=bound_d,
         level=level,
     )
+
+
+# ------------------------------------------------------------------------------- paired, effect-relative
+@dataclass
+class EffectTost:
+    """Effect-relative TOST on paired units (see :func:`effect_tost`)."""
+
+    n: int
+    mean_x: float
+    mean_ref: float
+    mean_zero: float
+    effect: float  # mean(ref − zero)
+    diff: float  # mean(x − ref)
+    efficacy: float  # mean(x − zero) / mean(ref − zero)
+    margin: float  # delta · effect (the margin the two contrasts imply at the estimated effect)
+    p_lower: float  # H0: efficacy <= 1 − delta
+    p_upper: float  # H0: efficacy >= 1 + delta
+    p: float  # max of the two; equivalence at p < alpha
+    sd_lower: float  # SD over units of the two contrasts
+    sd_upper: float
+    delta: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def _contrasts(x: np.ndarray, r: np.ndarray, z: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit contrasts whose means are positive iff efficacy > 1 − δ (lower) and < 1 + δ (upper), for a
+    positive effect: ``(x − z) − (1 − δ)(r − z)`` and ``(1 + δ)(r − z) − (x − z)``."""
+    return (x - z) - (1.0 - delta) * (r - z), (1.0 + delta) * (r - z) - (x - z)
+
+
+def effect_tost(x: ArrayLike, ref: ArrayLike, zero: ArrayLike, *, delta: float = 0.2) -> EffectTost:
+    """Paired TOST of ``H0: |μ(x) − μ(ref)| ≥ δ·(μ(ref) − μ(zero))``, i.e. efficacy outside ``[1 − δ, 1 + δ]``.
+
+    ``x``, ``ref``, ``zero`` are per-unit means (one value per stem, the unit of analysis) of the perturbed
+    condition, the reference v and the unsteered condition, aligned by unit. The two one-sided hypotheses are
+    linear in the means (``μ(x) − μ(z) ≤ (1 − δ)(μ(r) − μ(z))`` and ``≥ (1 + δ)(μ(r) − μ(z))``), so each is a
+    one-sided one-sample t test of a per-unit contrast (:func:`_contrasts`) and the uncertainty of the effect that
+    sets the margin is inside the test (a Fieller-type ratio test). ``p`` is the larger one-sided p. The test needs
+    a positive effect; for ``μ(ref) ≤ μ(zero)`` it cannot declare equivalence (the two contrasts' means sum to
+    ``2δ·effect``). NaN for fewer than 2 units or zero variance of both contrasts.
+    """
+    xa, ra, za = _as_1d(x, "x"), _as_1d(ref, "ref"), _as_1d(zero, "zero")
+    if not xa.size == ra.size == za.size:
+        raise ValueError(f"effect_tost needs paired units, got sizes {xa.size}, {ra.size}, {za.size}")
+    n = int(xa.size)
+    nan = math.nan
+    mx, mr, mz = (float(a.mean()) if n else nan for a in (xa, ra, za))
+    eff = efficacy(mx, mr, mz) if n else nan
+    out = EffectTost(n, mx, mr, mz, mr - mz, mx - mr, eff, delta * (mr - mz), nan, nan, nan, nan, nan, delta)
+    if n < 2:
+        return out
+    lo, hi = _contrasts(xa, ra, za, delta)
+    ps = []
+    for c in (lo, hi):
+        sd = float(c.std(ddof=1))
+        if sd == 0.0:
+            ps.append(0.0 if c.mean() > 0 else 1.0)
+        else:
+            ps.append(float(sps.t.sf(c.mean() / (sd / math.sqrt(n)), n - 1)))
+    out.p_lower, out.p_upper = ps
+    out.p = max(ps)
+    out.sd_lower, out.sd_upper = float(lo.std(ddof=1)), float(hi.std(ddof=1))
+    return out
+
+
+def effect_tost_power(
+    n: int,
+    effect: float,
+    sd: float,
+    *,
+    delta: float = 0.2,
+    alpha: float = 0.05,
+    true_efficacy: float = 1.0,
+    sd_upper: float | None = None,
+) -> float:
+    """Power of :func:`effect_tost` with ``n`` units when the true effect is ``effect`` (μ(ref) − μ(zero)), the
+    true efficacy ``true_efficacy`` and the per-unit contrasts have SD ``sd`` (``sd_upper`` for the upper one,
+    default the same).
+
+    Each one-sided test rejects with probability ``1 − F_nct(t_{1−α, n−1}; n − 1, μ_k √n / σ_k)`` (non-central t,
+    ``μ_lower = (E − 1 + δ)·effect``, ``μ_upper = (1 + δ − E)·effect``); the power is the conservative lower bound
+    ``P_lower + P_upper − 1`` (clipped at 0), which is tight when both are near 1 (checked by simulation in the
+    tests). 0 for ``n < 2``, a non-positive effect or a non-positive SD.
+    """
+    if n < 2 or not effect > 0 or not sd > 0:
+        return 0.0
+    sd_hi = sd if sd_upper is None else sd_upper
+    tc = float(sps.t.ppf(1.0 - alpha, n - 1))
+    means = ((true_efficacy - 1.0 + delta) * effect, (1.0 + delta - true_efficacy) * effect)
+    rej = [float(sps.nct.sf(tc, n - 1, m * math.sqrt(n) / s)) for m, s in zip(means, (sd, sd_hi), strict=True)]
+    return float(max(rej[0] + rej[1] - 1.0, 0.0))
+
+
+def samples_for_power(
+    n_units: int,
+    effect: float,
+    sd_between: float,
+    sd_within: float,
+    *,
+    delta: float = 0.2,
+    alpha: float = 0.05,
+    target: float = 0.8,
+    s_min: int = 1,
+    s_max: int = 16,
+) -> tuple[int, float]:
+    """Smallest samples per unit ``s`` in ``[s_min, s_max]`` whose :func:`effect_tost_power` reaches ``target``
+    with ``n_units`` units, the per-unit contrast SD being ``sqrt(sd_between² + sd_within² / s)``; returns ``(s,
+    power)``, ``s = s_max`` with the power it achieves when no ``s`` reaches the target (budget cap)."""
+    if s_min < 1 or s_max < s_min:
+        raise ValueError(f"need 1 <= s_min <= s_max, got {s_min}, {s_max}")
+    pw = 0.0
+    for s in range(s_min, s_max + 1):
+        sd = math.sqrt(max(sd_between, 0.0) ** 2 + max(sd_within, 0.0) ** 2 / s)
+        pw = effect_tost_power(n_units, effect, sd, delta=delta, alpha=alpha)
+        if pw >= target:
+            return s, pw
+    return s_max, pw
+
+
+def paired_efficacy_ci(
+    x: ArrayLike, ref: ArrayLike, zero: ArrayLike, *, level: float = 0.95, n_boot: int = 2000, seed: int
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of efficacy ``mean(x − zero) / mean(ref − zero)`` resampling *units* (pairs
+    kept together)."""
+    xa, ra, za = _as_1d(x, "x"), _as_1d(ref, "ref"), _as_1d(zero, "zero")
+    if not xa.size == ra.size == za.size:
+        raise ValueError("paired_efficacy_ci needs paired units")
+    if xa.size < 2:
+        return math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, xa.size, size=(n_boot, xa.size))
+    num, den = (xa[idx] - za[idx]).mean(1), (ra[idx] - za[idx]).mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        eff = np.where(den != 0, num / den, np.nan)
+    return _percentiles(eff, level)
+
+
+def auc(scores: ArrayLike, labels: ArrayLike) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (1 = positive): the Mann–Whitney probability
+    that a positive outscores a negative, ties counting one half; NaN without both classes."""
+    s, y = _as_1d(scores, "scores"), _as_1d(labels, "labels")
+    if s.size != y.size:
+        raise ValueError(f"auc needs one label per score, got {s.size} and {y.size}")
+    pos, neg = s[y == 1], s[y != 1]
+    if pos.size == 0 or neg.size == 0:
+        return math.nan
+    ranks = sps.rankdata(np.concatenate([pos, neg]))
+    return float((ranks[: pos.size].sum() - pos.size * (pos.size + 1) / 2) / (pos.size * neg.size))
+
+
+def against_fraction(diffs: ArrayLike, direction: float = 1.0) -> float:
+    """Fraction of units whose paired difference moves against ``direction`` (``diff · direction < 0``; ties are
+    not against); NaN for no units."""
+    d = _as_1d(diffs, "diffs")
+    if d.size == 0:
+        return math.nan
+    return float(np.mean(d * np.sign(direction) < 0))

@@ -42,8 +42,12 @@ def build_tokenizer(vocab_size: int = 512, data_dir: Path | None = None) -> Any:
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tk.train_from_iterator(_corpus(data_dir or REPO_ROOT / "data"), trainer=trainer)
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|end|>")
     tok.chat_template = CHAT_TEMPLATE
@@ -56,21 +60,42 @@ def tiny_config(architecture: str, p: dict[str, Any], vocab_size: int) -> Any:
 
     n_layers, d, heads = int(p["n_layers"]), int(p["d_model"]), int(p.get("n_heads", 4))
     ffn = int(p.get("d_ff", 4 * d))
-    common = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    common: dict[str, Any] = dict(vocab_size=vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if architecture in ("llama", "qwen2"):
         cls = tf.LlamaConfig if architecture == "llama" else tf.Qwen2Config
-        return cls(hidden_size=d, intermediate_size=ffn, num_hidden_layers=n_layers, num_attention_heads=heads,
-                   num_key_value_heads=int(p.get("n_kv_heads", heads)), max_position_embeddings=2048,
-                   tie_word_embeddings=True, **common)
+        return cls(
+            hidden_size=d,
+            intermediate_size=ffn,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=int(p.get("n_kv_heads", heads)),
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            **common,
+        )
     if architecture == "gemma3_text":
-        return tf.Gemma3TextConfig(hidden_size=d, intermediate_size=ffn, num_hidden_layers=n_layers,
-                                   num_attention_heads=heads, num_key_value_heads=int(p.get("n_kv_heads", 1)),
-                                   head_dim=d // heads, max_position_embeddings=2048, sliding_window=64, **common)
+        return tf.Gemma3TextConfig(
+            hidden_size=d,
+            intermediate_size=ffn,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=int(p.get("n_kv_heads", 1)),
+            head_dim=d // heads,
+            max_position_embeddings=2048,
+            sliding_window=64,
+            **common,
+        )
     if architecture == "gpt2":
         return tf.GPT2Config(n_embd=d, n_layer=n_layers, n_head=heads, n_positions=2048, **common)
     if architecture == "gpt_neox":
-        return tf.GPTNeoXConfig(hidden_size=d, intermediate_size=ffn, num_hidden_layers=n_layers,
-                                num_attention_heads=heads, max_position_embeddings=2048, **common)
+        return tf.GPTNeoXConfig(
+            hidden_size=d,
+            intermediate_size=ffn,
+            num_hidden_layers=n_layers,
+            num_attention_heads=heads,
+            max_position_embeddings=2048,
+            **common,
+        )
     raise ValueError(f"unknown tiny architecture '{architecture}' (one of {ARCHITECTURES})")
 
 

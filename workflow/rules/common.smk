@@ -51,17 +51,33 @@ def settings(rule):
     return of
 
 
+def vector_files(which):
+    """The vector files of the behaviours ``which``, for the job's model (a ``{model}`` wildcard left open)."""
+    return expand(f"{RESULTS}/vectors/{{{{model}}}}/{{v}}.safetensors", v=sorted(set(which)))
+
+
 def model_marker(wildcards):
     return f"models/{wildcards.model}/steerlimits_model.json"
 
 
-# Paper rule files append their final outputs here and their claims tables to CLAIM_TABLES.
+# Paper rule files append their final outputs here, their claims tables to CLAIM_TABLES and the benchmark files of
+# the jobs behind their claims to CLAIM_BENCHMARKS (the claims table reports their measured runtime).
 PAPER_TARGETS = []
 CLAIM_TABLES = []
+CLAIM_BENCHMARKS = []
+ALL_BENCHMARKS = []  # every job's benchmark file (the manifest records each job's runtime)
+EXAMPLE_POOLS = []  # scored paper B pools and paper A behaviour tables the example texts are drawn from
+EXAMPLE_BEHAVIOUR = []
+
+
+def bench_files(rule, **wildcards):
+    """The benchmark files of ``rule``'s jobs for the given wildcard values (``benchmarks/<run>/<rule>/...``)."""
+    pattern = re.sub(r"\{(\w+),[^{}]*\}", r"{\1}", str(getattr(rules, rule).rule.benchmark))  # drop constraints
+    return expand(pattern, **wildcards)
 
 
 def all_targets():
-    claims = [f"{RESULTS}/claims.csv"] if CLAIM_TABLES else []
+    claims = [f"{RESULTS}/claims.csv", f"{RESULTS}/claims.md", f"{RESULTS}/examples.html"] if CLAIM_TABLES else []
     return (
         PAPER_TARGETS
         + claims

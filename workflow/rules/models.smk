@@ -3,17 +3,20 @@ rule prepare_model:
     output:
         marker="models/{model}/steerlimits_model.json",
         meta=f"{RESULTS}/models/{{model}}.json",
-    params:
-        settings=settings("prepare_model"),
     log:
         f"{LOGS}/prepare_model/{{model}}.log",
     benchmark:
         f"{BENCH}/prepare_model/{{model}}.tsv"
+    conda:
+        "../../envs/steerlimits.yaml"
+    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     resources:
         mem_mb=8000,
         runtime=10,
-    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
-    conda:
-        "../../envs/steerlimits.yaml"
+    params:
+        settings=settings("prepare_model"),
     script:
         STEP
+
+
+ALL_BENCHMARKS.extend(bench_files("prepare_model", model=MODELS))

@@ -9,17 +9,20 @@ rule validate_scorers:
             caption="../report/scorer_validation.rst",
             category="Scorers",
         ),
-    params:
-        settings=settings("validate_scorers"),
     log:
         f"{LOGS}/validate_scorers.log",
     benchmark:
         f"{BENCH}/validate_scorers.tsv"
+    conda:
+        "../../envs/steerlimits.yaml"
+    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     resources:
         mem_mb=4000,
         runtime=20,
-    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
-    conda:
-        "../../envs/steerlimits.yaml"
+    params:
+        settings=settings("validate_scorers"),
     script:
         STEP
+
+
+ALL_BENCHMARKS.extend(bench_files("validate_scorers"))

@@ -6,18 +6,18 @@ rule steer_generate:
         data=DATA_FILES,
     output:
         generations=f"{RESULTS}/steering/{{model}}/{{behaviour}}.jsonl",
-    params:
-        settings=settings("steer_generate"),
     log:
         f"{LOGS}/steer_generate/{{model}}/{{behaviour}}.log",
     benchmark:
         f"{BENCH}/steer_generate/{{model}}/{{behaviour}}.tsv"
+    conda:
+        "../../envs/steerlimits.yaml"
+    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     resources:
         mem_mb=8000,
         runtime=30,
-    threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
-    conda:
-        "../../envs/steerlimits.yaml"
+    params:
+        settings=settings("steer_generate"),
     script:
         STEP
 
@@ -29,18 +29,18 @@ rule score_generations:
         heads=f"{RESULTS}/scorers/heads",
     output:
         scores=f"{RESULTS}/steering/{{model}}/{{behaviour}}.scores.jsonl",
-    params:
-        settings=settings("score_generations"),
     log:
         f"{LOGS}/score_generations/{{model}}/{{behaviour}}.log",
     benchmark:
         f"{BENCH}/score_generations/{{model}}/{{behaviour}}.tsv"
+    conda:
+        "../../envs/steerlimits.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=10,
-    threads: 1
-    conda:
-        "../../envs/steerlimits.yaml"
+    params:
+        settings=settings("score_generations"),
     script:
         STEP
 
@@ -65,11 +65,17 @@ rule dose_response:
             category="Steering",
         ),
         pdf=f"{FIGURES}/dose_response.pdf",
-    params:
-        settings=settings("dose_response"),
     log:
         f"{LOGS}/dose_response.log",
     conda:
         "../../envs/steerlimits.yaml"
+    params:
+        settings=settings("dose_response"),
     script:
         STEP
+
+
+ALL_BENCHMARKS.extend(
+    bench_files("steer_generate", model=MODELS, behaviour=DOSE_BEHAVIOURS)
+    + bench_files("score_generations", model=MODELS, behaviour=DOSE_BEHAVIOURS)
+)

@@ -82,52 +82,77 @@ def _shared_prefix_attention(
     sliding_window: int | None = None,
     **kwargs: Any,
 ) -> tuple[Tensor, None]:
-    """Attention of one new token per row over a shared prefix plus itself.
+    """Attention of ``S`` new tokens per row over a shared prefix plus themselves (causal).
 
-    ``query (B, H, 1, hd)``, ``key``/``value (B, KV, 1, hd)`` (after rotary/q-k norms); returns
-    ``(B, 1, H, hd)`` like the Hugging Face attention functions. Head ``h`` uses key/value head
-    ``h // (H / KV)`` (``repeat_kv``). Gemma-style sliding windows (a token sees the last ``sliding_window``
-    positions, itself included) and logit soft-capping are honoured.
+    ``query (B, H, S, hd)``, ``key``/``value (B, KV, S, hd)`` (after rotary/q-k norms); returns
+    ``(B, S, H, hd)`` like the Hugging Face attention functions. Head ``h`` uses key/value head
+    ``h // (H / KV)`` (``repeat_kv``). Gemma-style sliding windows (a query at position ``q`` sees keys at
+    positions ``k`` with ``q - W < k <= q``) and logit soft-capping are honoured. ``S = 1`` (candidate scoring)
+    takes a fast path without masks.
     """
     call: _Call | None = kwargs.pop(_CALL_KW, None)
     if call is None:  # not one of our calls: behave like sdpa
-        return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, scaling=scaling,
-                                               dropout=dropout, sliding_window=sliding_window, **kwargs)
+        return ALL_ATTENTION_FUNCTIONS["sdpa"](
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=scaling,
+            dropout=dropout,
+            sliding_window=sliding_window,
+            **kwargs,
+        )
     batch, n_heads, q_len, head_dim = query.shape
-    if q_len != 1:
-        raise ValueError(f"shared-prefix attention scores one new token per row, got {q_len}")
     n_kv = key.shape[1]
     groups = n_heads // n_kv
     layer = int(module.layer_idx)
     if call.record:
-        call.new_keys[layer] = key[:, :, 0]  # (B, KV, hd)
-        call.new_values[layer] = value[:, :, 0]
+        call.new_keys[layer] = key  # (B, KV, S, hd)
+        call.new_values[layer] = value
     scale = head_dim**-0.5 if scaling is None else scaling
-    q = query.reshape(batch, n_kv, groups, head_dim).transpose(0, 1)  # (KV, B, G, hd)
-    k_self = key.reshape(batch, n_kv, head_dim).transpose(0, 1).unsqueeze(2)  # (KV, B, 1, hd)
-    v_self = value.reshape(batch, n_kv, head_dim).transpose(0, 1).unsqueeze(2)
-    s_self = (q * k_self).sum(-1, keepdim=True)  # (KV, B, G, 1)
+    softcap = getattr(module, "attn_logit_softcapping", None) or kwargs.get("softcap")
+    n_pre = call.prefix.length
     pk = pv = None
-    if call.prefix.length > 0:
+    if n_pre > 0:
         pk, pv = call.prefix.keys[layer], call.prefix.values[layer]  # (KV, T, hd)
-        if sliding_window is not None and pk.shape[1] >= sliding_window:
-            keep = sliding_window - 1
-            pk, pv = pk[:, pk.shape[1] - keep:], pv[:, pv.shape[1] - keep:]
-    if pk is not None and pk.shape[1] > 0:
-        q_flat = q.reshape(n_kv, batch * groups, head_dim)
-        s_pre = torch.bmm(q_flat, pk.transpose(1, 2)).view(n_kv, batch, groups, -1)
+        if sliding_window is not None:  # keys older than the window of the first new token never matter
+            keep = min(n_pre, sliding_window - 1 + q_len - 1)
+            pk, pv = pk[:, n_pre - keep :], pv[:, n_pre - keep :]
+    q = query.reshape(batch, n_kv, groups, q_len, head_dim).transpose(0, 1)  # (KV, B, G, S, hd)
+    k_self = key.transpose(0, 1).unsqueeze(2)  # (KV, B, 1, S, hd)
+    v_self = value.transpose(0, 1).unsqueeze(2)
+    if q_len == 1:
+        s_self = (q * k_self).sum(-1, keepdim=True)  # (KV, B, G, 1, 1)
+    else:
+        s_self = torch.matmul(q, k_self.transpose(-1, -2))  # (KV, B, G, S, S)
+    n_keep = 0 if pk is None else pk.shape[1]
+    if n_keep > 0:
+        q_flat = q.reshape(n_kv, batch * groups * q_len, head_dim)
+        s_pre = torch.bmm(q_flat, pk.transpose(1, 2)).view(n_kv, batch, groups, q_len, n_keep)
         scores = torch.cat([s_pre, s_self], dim=-1) * scale
     else:
         scores = s_self * scale
-    softcap = getattr(module, "attn_logit_softcapping", None) or kwargs.get("softcap")
     if softcap:
         scores = torch.tanh(scores / softcap) * softcap
+    if q_len > 1 or (sliding_window is not None and n_keep >= sliding_window):
+        # absolute positions: kept prefix keys n_pre - n_keep … n_pre - 1, new tokens n_pre … n_pre + S - 1
+        dev = scores.device
+        q_pos = n_pre + torch.arange(q_len, device=dev)[:, None]
+        k_pos = torch.cat([torch.arange(n_pre - n_keep, n_pre, device=dev), n_pre + torch.arange(q_len, device=dev)])
+        visible = k_pos[None, :] <= q_pos
+        if sliding_window is not None:
+            visible &= k_pos[None, :] > q_pos - sliding_window
+        scores = scores.masked_fill(~visible, float("-inf"))
     probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = probs[..., -1:] * v_self  # (KV, B, G, hd)
-    if pk is not None and pk.shape[1] > 0:
-        p_pre = probs[..., :-1].reshape(n_kv, batch * groups, -1)
-        out = out + torch.bmm(p_pre, pv).view(n_kv, batch, groups, head_dim)
-    return out.permute(1, 0, 2, 3).reshape(batch, 1, n_heads, head_dim), None
+    if q_len == 1:
+        out = probs[..., -1:] * v_self  # (KV, B, G, 1, hd)
+    else:
+        out = torch.matmul(probs[..., n_keep:], v_self)  # (KV, B, G, S, hd)
+    if n_keep > 0:
+        p_pre = probs[..., :n_keep].reshape(n_kv, batch * groups * q_len, n_keep)
+        out = out + torch.bmm(p_pre, pv).view(n_kv, batch, groups, q_len, head_dim)
+    return out.permute(1, 3, 0, 2, 4).reshape(batch, q_len, n_heads, head_dim), None
 
 
 AttentionInterface.register(_ATTN_NAME, _shared_prefix_attention)
@@ -175,8 +200,7 @@ class TruncatedLM:
             if hasattr(mod, "layer_idx") and hasattr(mod, "config")
         }
         if not self._attn_configs:
-            raise ValueError(
-                f"no attention module with `layer_idx` and `config` in blocks 0 … {measure_at - 1}")
+            raise ValueError(f"no attention module with `layer_idx` and `config` in blocks 0 … {measure_at - 1}")
 
     @property
     def device(self) -> torch.device:
@@ -216,36 +240,85 @@ class TruncatedLM:
         """States ``hidden_states[m]`` ``(B, T, d)``: one ordinary uncached pass (the model's attention)."""
         return self._run(input_ids=input_ids, inputs_embeds=inputs_embeds)
 
-    def step(self, prefix: PrefixKV, input_ids: Tensor | None = None, inputs_embeds: Tensor | None = None,
-             record: bool = False) -> tuple[Tensor, _Call]:
+    def run(
+        self,
+        prefix: PrefixKV,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        record: bool = False,
+    ) -> tuple[Tensor, _Call]:
+        """States ``(B, S, d)`` of ``B`` continuations of ``S`` tokens each (``input_ids (B, S)`` or
+        ``inputs_embeds (B, S, d)``) at positions ``prefix.length … prefix.length + S - 1``, attending to the shared
+        prefix (its keys/values are used once for all rows, never copied per row) and causally to themselves."""
+        x = input_ids if input_ids is not None else inputs_embeds
+        if x is None:
+            raise ValueError("run needs input_ids or inputs_embeds")
+        n_new = x.shape[1]
+        call = _Call(prefix=prefix, record=record)
+        position_ids = (prefix.length + torch.arange(n_new, device=self.device))[None]
+        with self._shared_prefix_mode():
+            out = self._run(
+                input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids, **{_CALL_KW: call}
+            )
+        return out, call
+
+    def step(
+        self,
+        prefix: PrefixKV,
+        input_ids: Tensor | None = None,
+        inputs_embeds: Tensor | None = None,
+        record: bool = False,
+    ) -> tuple[Tensor, _Call]:
         """States ``(B, d)`` of ``B`` one-token continuations at position ``prefix.length``."""
         if input_ids is not None:
             input_ids = input_ids.reshape(-1, 1)
         if inputs_embeds is not None:
             inputs_embeds = inputs_embeds.reshape(inputs_embeds.shape[0], 1, -1)
-        call = _Call(prefix=prefix, record=record)
-        position_ids = torch.full((1, 1), prefix.length, dtype=torch.long, device=self.device)
-        with self._shared_prefix_mode():
-            out = self._run(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids,
-                            **{_CALL_KW: call})
+        out, call = self.run(prefix, input_ids=input_ids, inputs_embeds=inputs_embeds, record=record)
         return out[:, 0], call
 
-    def extend(self, prefix: PrefixKV, token_id: int) -> tuple[PrefixKV, Tensor]:
-        """Append one token: the new (never aliased) prefix and that token's state ``(d,)`` (cached
-        incremental path; the same code scores candidates in :meth:`score`)."""
-        ids = torch.tensor([token_id], dtype=torch.long, device=self.device)
-        state, call = self.step(prefix, input_ids=ids, record=True)
+    def extend_many(
+        self, prefix: PrefixKV, ids: Tensor | None = None, inputs_embeds: Tensor | None = None
+    ) -> tuple[PrefixKV, Tensor]:
+        """Append ``ids (S,)`` (or ``inputs_embeds (S, d)``) in one pass: the new (never aliased) prefix and the
+        new tokens' states ``(S, d)``."""
+        if ids is not None:
+            ids = ids.reshape(1, -1)
+        if inputs_embeds is not None:
+            inputs_embeds = inputs_embeds.reshape(1, inputs_embeds.shape[-2], -1)
+        states, call = self.run(prefix, input_ids=ids, inputs_embeds=inputs_embeds, record=True)
         n = self.measure_at
         if sorted(call.new_keys) != list(range(n)):
             raise RuntimeError(f"recorded keys for blocks {sorted(call.new_keys)}, expected 0 … {n - 1}")
-        new_k = [call.new_keys[layer][0].unsqueeze(1) for layer in range(n)]  # (KV, 1, hd)
-        new_v = [call.new_values[layer][0].unsqueeze(1) for layer in range(n)]
+        new_k = [call.new_keys[layer][0] for layer in range(n)]  # (KV, S, hd)
+        new_v = [call.new_values[layer][0] for layer in range(n)]
         if prefix.length == 0:
             keys, values = tuple(k.clone() for k in new_k), tuple(v.clone() for v in new_v)
         else:
             keys = tuple(torch.cat([old, k], dim=1) for old, k in zip(prefix.keys, new_k))
             values = tuple(torch.cat([old, v], dim=1) for old, v in zip(prefix.values, new_v))
-        return PrefixKV(keys, values, prefix.length + 1), state[0]
+        return PrefixKV(keys, values, prefix.length + states.shape[1]), states[0]
+
+    def append(self, prefix: PrefixKV, keys: list[Tensor], values: list[Tensor]) -> PrefixKV:
+        """Append one token whose per-block keys/values ``(KV, 1, hd)`` were recorded while it was scored as a
+        candidate (:meth:`step` with ``record=True``), without another forward; they equal :meth:`extend`'s up to
+        the rounding of a batched matrix product."""
+        if len(keys) != self.measure_at or len(values) != self.measure_at:
+            raise ValueError(f"need keys/values of {self.measure_at} blocks, got {len(keys)}/{len(values)}")
+        if prefix.length == 0:
+            return PrefixKV(tuple(k.clone() for k in keys), tuple(v.clone() for v in values), 1)
+        return PrefixKV(
+            tuple(torch.cat([old, k], dim=1) for old, k in zip(prefix.keys, keys)),
+            tuple(torch.cat([old, v], dim=1) for old, v in zip(prefix.values, values)),
+            prefix.length + 1,
+        )
+
+    def extend(self, prefix: PrefixKV, token_id: int) -> tuple[PrefixKV, Tensor]:
+        """Append one token: the new (never aliased) prefix and that token's state ``(d,)`` (cached
+        incremental path; the same code scores candidates in :meth:`score`)."""
+        ids = torch.tensor([token_id], dtype=torch.long, device=self.device)
+        new, states = self.extend_many(prefix, ids)
+        return new, states[0]
 
     def prefix_of(self, ids: Tensor) -> tuple[PrefixKV, Tensor]:
         """Prefix cache of ``ids (T,)`` built token by token, and the incremental states ``(T, d)``."""

@@ -1,4 +1,5 @@
-"""The authors' inversion sweep, kept as the test oracle (paper A §6: what the fast path must reproduce).
+"""The authors' inversion sweep, kept as the test oracle: what the fast path must reproduce
+(docs/concepts/inversion.md).
 
 Every candidate is appended to the full prefix and the whole sequence is run through the *whole* model with
 ``output_hidden_states`` (no cache, no truncation), float32; ``|𝒱| · T`` full passes per prompt, which is why
@@ -17,9 +18,17 @@ __all__ = ["reference_sweep"]
 
 
 @torch.no_grad()
-def reference_sweep(model: nn.Module, prefix_ids: Tensor, target_t: Tensor, measure_at: int,
-                    batch_size: int = 1024, *, candidate_ids: Tensor | None = None, top_k: int = 10,
-                    layers_path: str | None = None) -> tuple[Tensor, Tensor]:
+def reference_sweep(
+    model: nn.Module,
+    prefix_ids: Tensor,
+    target_t: Tensor,
+    measure_at: int,
+    batch_size: int = 1024,
+    *,
+    candidate_ids: Tensor | None = None,
+    top_k: int = 10,
+    layers_path: str | None = None,
+) -> tuple[Tensor, Tensor]:
     """Top-``top_k`` ``(tokens, distances)`` of ``‖hidden_states[measure_at][prefix + c][-1] − target_t‖₂``.
 
     Parameters
@@ -44,10 +53,10 @@ def reference_sweep(model: nn.Module, prefix_ids: Tensor, target_t: Tensor, meas
     target_t = target_t.to(device=device, dtype=torch.float32)
     dist = torch.empty(cands.numel(), device=device)
     for start in range(0, cands.numel(), batch_size):
-        chunk = cands[start:start + batch_size]
+        chunk = cands[start : start + batch_size]
         ids = torch.cat([prefix.expand(chunk.numel(), -1), chunk[:, None]], dim=1)
         out = model(input_ids=ids, output_hidden_states=True, use_cache=False, logits_to_keep=1)
         states = out.hidden_states[measure_at][:, -1].float()
-        dist[start:start + chunk.numel()] = torch.linalg.vector_norm(states - target_t, dim=-1)
+        dist[start : start + chunk.numel()] = torch.linalg.vector_norm(states - target_t, dim=-1)
     best = torch.topk(dist, min(top_k, cands.numel()), largest=False)
     return cands[best.indices].cpu(), best.values.cpu()

@@ -1,4 +1,4 @@
-"""Sequential (SipIt-style) prompt inversion with per-position certificates (paper A §3, decisions D3/D5).
+"""Sequential (SipIt-style) prompt inversion with per-position certificates (docs/concepts/inversion.md).
 
 Per position ``t`` the key/value cache of the tokens chosen so far ``ŝ_<t`` is built once (:class:`PrefixKV`),
 candidates ``c`` are scored in batches through blocks ``0 … m-1`` only, and the distance
@@ -10,9 +10,9 @@ candidates ``c`` are scored in batches through blocks ``0 … m-1`` only, and th
   ``ŝ_<t`` (not over all sequences); with ``early_exit`` a position stops at the first batch (ranked order,
   batches ramping up from 32) that reaches ``tau_exact``: exact, but then not certified. With
   ``screen_dtype="bfloat16"`` a bf16 copy screens 𝒱 and every candidate within ``2 × margin`` of the k-th
-  smallest screened distance is re-verified in float32, where ``margin`` is the largest ``|δ_bf16 − δ_fp32|``
-  measured on a calibration set (256 random, or |𝒱|/16 if fewer, + the 64 best screened candidates) times
-  ``screen_safety``; the margin is stored with the certificate.
+  smallest screened distance is re-verified in float32 (:mod:`steerlimits.invert.screen`, the one certifier:
+  ``margin = screen_safety ×`` the largest ``|δ_bf16 − δ_fp32|`` on a calibration set); the margin is stored
+  with the certificate.
 
 Gradient ranking (``grad_steps = 0``, the default; first-order, as GCG's one-hot gradients): with
 ``L(e) = ‖h^m_t(ŝ_<t, e) − target_t‖²`` for a continuous input embedding ``e`` at ``t``, order 1 sorts
@@ -34,7 +34,6 @@ them) or else on a seeded random probe of the same length.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from tqdm.auto import tqdm
 
 from steerlimits import hooks
 from steerlimits.invert._forward import PrefixKV, TruncatedLM, embedding_matrix
+from steerlimits.invert.screen import bf16_copy, screened_sweep
 
 __all__ = [
     "InversionConfig",
@@ -65,7 +65,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class InversionConfig:
-    """Every knob of :func:`invert`; the defaults are the project's (paper A §3, D5)."""
+    """Every knob of :func:`invert`; the defaults are the project's (docs/concepts/inversion.md)."""
 
     measure_at: int  # hidden_states index m (= inject layer l + 1): output of block m-1
     mode: Literal["ranked", "exhaustive"] = "ranked"
@@ -94,8 +94,7 @@ class InversionConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.grad_steps < 0 or self.rank_anchors < 0:
-            raise ValueError(f"grad_steps and rank_anchors must be >= 0, got {self.grad_steps}, "
-                             f"{self.rank_anchors}")
+            raise ValueError(f"grad_steps and rank_anchors must be >= 0, got {self.grad_steps}, {self.rank_anchors}")
 
 
 @dataclass
@@ -111,6 +110,9 @@ class PositionResult:
     exact: bool  # topk_dist[0] <= tau_exact
     n_screened: int = 0  # bf16 screening evaluations
     screen_margin: float | None = None  # bf16-fp32 margin used (measured max x screen_safety)
+    screen_calib_error: float | None = None  # max |d_bf16 - d_fp32| on the calibration set
+    screen_full_error: float | None = None  # cross-check: max |d_bf16 - d_fp32| over every candidate
+    screen_topk_ok: bool | None = None  # cross-check: the screened top-k equals the float32 top-k
     wall_s: float = 0.0
 
 
@@ -144,9 +146,16 @@ def _ids_1d(ids: Tensor | list[int], device: torch.device) -> Tensor:
 
 
 @torch.no_grad()
-def target_states(model: nn.Module, ids: Tensor, measure_at: int, *, vector: Tensor | None = None,
-                  alpha: float = 0.0, inject_layer: int | None = None,
-                  layers_path: str | None = None) -> Tensor:
+def target_states(
+    model: nn.Module,
+    ids: Tensor,
+    measure_at: int,
+    *,
+    vector: Tensor | None = None,
+    alpha: float = 0.0,
+    inject_layer: int | None = None,
+    layers_path: str | None = None,
+) -> Tensor:
     """States ``(T, d)`` at ``hidden_states[measure_at]`` by the cached incremental path the search uses.
 
     Natural (``alpha = 0`` or no vector) or steered: ``alpha · vector`` added at the input of block
@@ -158,8 +167,7 @@ def target_states(model: nn.Module, ids: Tensor, measure_at: int, *, vector: Ten
         return tl.prefix_of(ids)[1]
     layer = measure_at - 1 if inject_layer is None else inject_layer
     if not 0 <= layer < measure_at:
-        raise ValueError(
-            f"inject_layer={layer} must be < measure_at={measure_at} to affect the measured state")
+        raise ValueError(f"inject_layer={layer} must be < measure_at={measure_at} to affect the measured state")
     with hooks.add_vector(model, layer, vector, alpha, positions="all", layers_path=layers_path):
         return tl.prefix_of(ids)[1]
 
@@ -175,7 +183,9 @@ def noise_floor(model: nn.Module, ids: Tensor, measure_at: int, layers_path: str
 
 # ------------------------------------------------------------------------------------------------ searching
 #: Candidate order hook of :func:`invert`: ``(tl, prefix, target_t (d,), config) -> (V,)`` token ids, most
-#: promising first (default :func:`gradient_order`).
+#: promising first (default :func:`gradient_order`). A rank function may also have a method
+#: ``head(tl, prefix, target_t, config) -> (k,)``: a cheap first few candidates. With early exit the engine verifies
+#: the head first (one batch) and computes the full order only if no head candidate is within ``tau_exact``.
 RankFn = Callable[[TruncatedLM, PrefixKV, Tensor, InversionConfig], Tensor]
 
 
@@ -190,7 +200,7 @@ def _rank(tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, config: Inversion
     mean = table.mean(0, keepdim=True)
     if config.grad_steps == 0:
         gen = torch.Generator().manual_seed(config.seed)
-        anchors = table[torch.randperm(table.shape[0], generator=gen)[:config.rank_anchors].to(table.device)]
+        anchors = table[torch.randperm(table.shape[0], generator=gen)[: config.rank_anchors].to(table.device)]
         points = torch.cat([mean, anchors]).requires_grad_(True)
         with torch.enable_grad():
             loss = (tl.step(prefix, inputs_embeds=points)[0] - target_t).pow(2).sum()
@@ -226,15 +236,35 @@ def _chunks(n: int, batch_size: int, ramp: bool, first: int = 32) -> list[tuple[
 
 
 @torch.no_grad()
-def _distances(tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, cands: Tensor, batch_size: int,
-               bar: Any = None, tau: float | None = None, first: int = 32) -> tuple[Tensor, int]:
+def _distances(
+    tl: TruncatedLM,
+    prefix: PrefixKV,
+    target_t: Tensor,
+    cands: Tensor,
+    batch_size: int,
+    bar: Any = None,
+    tau: float | None = None,
+    first: int = 32,
+    best_kv: dict[str, Any] | None = None,
+) -> tuple[Tensor, int]:
     """Distances ``(n,)`` for ``cands`` (inf where not evaluated) and the number evaluated; with ``tau`` the
-    batches ramp up from ``first`` and stop after the first batch whose minimum is ``<= tau``."""
+    batches ramp up from ``first`` and stop after the first batch whose minimum is ``<= tau``. With ``best_kv``
+    (a dict, filled in) the keys/values of the best candidate so far are kept from the scoring passes themselves,
+    so appending it to the prefix needs no further forward."""
     dist = torch.full((cands.numel(),), float("inf"), device=target_t.device)
     done = 0
     for lo, hi in _chunks(cands.numel(), batch_size, ramp=tau is not None, first=first):
-        states = tl.score(prefix, cands[lo:hi]).to(target_t.dtype)
-        dist[lo:hi] = torch.linalg.vector_norm(states - target_t, dim=-1)
+        out, call = tl.step(prefix, input_ids=cands[lo:hi], record=best_kv is not None)
+        dist[lo:hi] = torch.linalg.vector_norm(out.to(target_t.dtype) - target_t, dim=-1)
+        if best_kv is not None:
+            j = int(torch.argmin(dist[lo:hi]))
+            if float(dist[lo + j]) < best_kv.get("dist", float("inf")):
+                best_kv.update(
+                    dist=float(dist[lo + j]),
+                    token=int(cands[lo + j]),
+                    keys=[call.new_keys[b][j].clone() for b in sorted(call.new_keys)],
+                    values=[call.new_values[b][j].clone() for b in sorted(call.new_values)],
+                )
         done = hi
         if bar is not None:
             bar.update(hi - lo)
@@ -249,55 +279,121 @@ def _top(cands: Tensor, dist: Tensor, k: int) -> tuple[list[int], list[float]]:
     return cands[best.indices].tolist(), best.values.tolist()
 
 
-def _search_position(t: int, tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, config: InversionConfig,
-                     tau: float, screen: tuple[TruncatedLM, PrefixKV] | None,
-                     progress: bool, rank_fn: RankFn | None = None) -> PositionResult:
+def _search_position(
+    t: int,
+    tl: TruncatedLM,
+    prefix: PrefixKV,
+    target_t: Tensor,
+    config: InversionConfig,
+    tau: float,
+    screen: tuple[TruncatedLM, PrefixKV] | None,
+    progress: bool,
+    rank_fn: RankFn | None = None,
+) -> tuple[PositionResult, tuple[list[Tensor], list[Tensor]] | None]:
+    """One position: its result and, when the chosen token was scored on the float32 path, its recorded
+    keys/values (so the prefix grows without another forward)."""
     start = time.perf_counter()
     vocab = tl.vocab_size
     exhaustive = config.mode == "exhaustive"
     n = vocab if exhaustive else min(config.n_candidates, vocab)
     with tqdm(total=n, desc=f"position {t}", disable=not (progress and exhaustive), leave=False) as bar:
         if screen is not None:
-            return _screened_position(t, tl, prefix, target_t, config, tau, screen, bar, start)
-        if exhaustive and not config.early_exit:
-            order = torch.arange(vocab, device=tl.device)
+            return _screened_position(t, tl, prefix, target_t, config, tau, screen, bar, start), None
+        best_kv: dict[str, Any] = {}
+        head_fn = getattr(rank_fn, "head", None) if config.early_exit else None
+        head = head_fn(tl, prefix, target_t, config) if head_fn is not None else None
+        if head is not None and head.numel():  # a cheap head of the order, verified before the full order exists
+            head = head[:n].to(tl.device)
+            dist, done = _distances(tl, prefix, target_t, head, head.numel(), bar, best_kv=best_kv)
+            order = head
+            if float(dist.min()) > tau and head.numel() < n:
+                rest = (rank_fn or _rank)(tl, prefix, target_t, config)
+                rest = rest[~torch.isin(rest, head.cpu()).to(rest.device)][: n - head.numel()].to(tl.device)
+                d_rest, done_rest = _distances(
+                    tl, prefix, target_t, rest, config.batch_size, bar, tau, first=config.first_batch, best_kv=best_kv
+                )
+                order, dist, done = torch.cat([head, rest]), torch.cat([dist, d_rest]), done + done_rest
         else:
-            order = (rank_fn or _rank)(tl, prefix, target_t, config)[:n]
-        dist, done = _distances(tl, prefix, target_t, order, config.batch_size, bar,
-                                tau if config.early_exit else None, first=config.first_batch)
+            if exhaustive and not config.early_exit:
+                order = torch.arange(vocab, device=tl.device)
+            else:
+                order = (rank_fn or _rank)(tl, prefix, target_t, config)[:n]
+            dist, done = _distances(
+                tl,
+                prefix,
+                target_t,
+                order,
+                config.batch_size,
+                bar,
+                tau if config.early_exit else None,
+                first=config.first_batch,
+                best_kv=best_kv,
+            )
     tokens, dists = _top(order, dist, config.top_k)
-    return PositionResult(position=t, chosen_token=tokens[0], topk_tokens=tokens, topk_dist=dists,
-                          n_verified=done, certified=done == vocab, exact=dists[0] <= tau,
-                          wall_s=time.perf_counter() - start)
+    res = PositionResult(
+        position=t,
+        chosen_token=tokens[0],
+        topk_tokens=tokens,
+        topk_dist=dists,
+        n_verified=done,
+        certified=done == vocab,
+        exact=dists[0] <= tau,
+        wall_s=time.perf_counter() - start,
+    )
+    return res, ((best_kv["keys"], best_kv["values"]) if best_kv.get("token") == tokens[0] else None)
 
 
-def _screened_position(t: int, tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, config: InversionConfig,
-                       tau: float, screen: tuple[TruncatedLM, PrefixKV], bar: Any,
-                       start: float) -> PositionResult:
-    """bf16 screen of 𝒱, then float32 re-verification of every candidate the margin cannot exclude."""
-    screen_tl, screen_prefix = screen
-    vocab = tl.vocab_size
-    every = torch.arange(vocab, device=tl.device)
-    d16, _ = _distances(screen_tl, screen_prefix, target_t, every, config.batch_size, bar)
-    gen = torch.Generator().manual_seed(config.seed + t)
-    n_random = min(256, max(32, vocab // 16))
-    sample = torch.randperm(vocab, generator=gen)[:n_random].to(tl.device)
-    calib = torch.unique(torch.cat([sample, torch.argsort(d16)[:64]]))
-    d32_calib, _ = _distances(tl, prefix, target_t, calib, config.batch_size)
-    margin = config.screen_safety * float((d16[calib] - d32_calib).abs().max())
-    kth = float(torch.kthvalue(d16, min(config.top_k, vocab)).values)
-    rest = every[(d16 <= kth + 2 * margin) & ~torch.isin(every, calib)]
-    d32_rest, _ = _distances(tl, prefix, target_t, rest, config.batch_size)
-    tokens, dists = _top(torch.cat([calib, rest]), torch.cat([d32_calib, d32_rest]), config.top_k)
-    return PositionResult(position=t, chosen_token=tokens[0], topk_tokens=tokens, topk_dist=dists,
-                          n_verified=calib.numel() + rest.numel(), certified=True, exact=dists[0] <= tau,
-                          n_screened=vocab, screen_margin=margin, wall_s=time.perf_counter() - start)
+def _screened_position(
+    t: int,
+    tl: TruncatedLM,
+    prefix: PrefixKV,
+    target_t: Tensor,
+    config: InversionConfig,
+    tau: float,
+    screen: tuple[TruncatedLM, PrefixKV],
+    bar: Any,
+    start: float,
+) -> PositionResult:
+    """bf16 screen of 𝒱, then float32 re-verification of every candidate the margin cannot exclude
+    (:func:`steerlimits.invert.screen.screened_sweep`, the one certifier)."""
+    sw = screened_sweep(
+        tl,
+        prefix,
+        target_t[None],
+        screen=screen,
+        top_k=config.top_k,
+        safety=config.screen_safety,
+        batch_size=config.batch_size,
+        seed=config.seed + t,
+    )[0]
+    bar.update(tl.vocab_size)
+    return PositionResult(
+        position=t,
+        chosen_token=sw.tokens[0],
+        topk_tokens=sw.tokens,
+        topk_dist=sw.dists,
+        n_verified=sw.n_verified,
+        certified=True,
+        exact=sw.dists[0] <= tau,
+        n_screened=sw.n_screened,
+        screen_margin=sw.margin,
+        screen_calib_error=sw.calib_error,
+        wall_s=time.perf_counter() - start,
+    )
 
 
 @torch.no_grad()
-def exhaustive_sweep(model: nn.Module, prefix_ids: Tensor, target_t: Tensor, measure_at: int, *,
-                     candidate_ids: Tensor | None = None, batch_size: int = 1024, top_k: int = 10,
-                     layers_path: str | None = None) -> tuple[Tensor, Tensor]:
+def exhaustive_sweep(
+    model: nn.Module,
+    prefix_ids: Tensor,
+    target_t: Tensor,
+    measure_at: int,
+    *,
+    candidate_ids: Tensor | None = None,
+    batch_size: int = 1024,
+    top_k: int = 10,
+    layers_path: str | None = None,
+) -> tuple[Tensor, Tensor]:
     """Fast counterpart of :func:`steerlimits.invert.reference_sweep`: top-k ``(tokens, distances)`` over
     ``candidate_ids`` (default 𝒱) appended to ``prefix_ids (P,)`` (``P = 0`` allowed), via the cached path."""
     tl = TruncatedLM(model, measure_at, layers_path)
@@ -311,9 +407,18 @@ def exhaustive_sweep(model: nn.Module, prefix_ids: Tensor, target_t: Tensor, mea
     return torch.tensor(tokens), torch.tensor(dists)
 
 
-def invert(model: nn.Module, target: Tensor, config: InversionConfig, *, prefix_ids: Tensor | None = None,
-           floor_ids: Tensor | None = None, progress: bool = True,
-           rank_fn: RankFn | None = None, floor: Tensor | None = None) -> InversionResult:
+def invert(
+    model: nn.Module,
+    target: Tensor,
+    config: InversionConfig,
+    *,
+    prefix_ids: Tensor | None = None,
+    floor_ids: Tensor | None = None,
+    progress: bool = True,
+    rank_fn: RankFn | None = None,
+    floor: Tensor | None = None,
+    prefix_cache: PrefixKV | None = None,
+) -> InversionResult:
     """Invert ``target (T, d)`` (states at ``hidden_states[config.measure_at]``) position by position.
 
     Parameters
@@ -331,6 +436,9 @@ def invert(model: nn.Module, target: Tensor, config: InversionConfig, *, prefix_
     rank_fn
         Candidate order per position (ranked mode, and exhaustive mode with ``early_exit``); default
         :func:`gradient_order`. Exhaustive certificates do not depend on it (all of 𝒱 is swept).
+    prefix_cache
+        The key/value cache of ``prefix_ids`` already built by the caller on this model's incremental path
+        (:meth:`TruncatedLM.prefix_of`), reused instead of rebuilding it (several searches after one header).
     """
     start = time.perf_counter()
     tl = TruncatedLM(model, config.measure_at, config.layers_path)
@@ -352,30 +460,45 @@ def invert(model: nn.Module, target: Tensor, config: InversionConfig, *, prefix_
         else:
             probe = _ids_1d(floor_ids, tl.device)
         floor = noise_floor(model, torch.cat([prefix_ids, probe]), config.measure_at, config.layers_path)
-        floor = floor[prefix_ids.numel():]
+        floor = floor[prefix_ids.numel() :]
         source = "probe" if floor_ids is None else "floor_ids"
     tau = float(config.tau_exact) if config.tau_exact is not None else 10.0 * float(floor.max())
 
+    if prefix_cache is not None and prefix_cache.length != prefix_ids.numel():
+        raise ValueError(f"prefix_cache covers {prefix_cache.length} tokens, prefix_ids has {prefix_ids.numel()}")
     with torch.no_grad():
-        prefix, _ = tl.prefix_of(prefix_ids)
+        prefix = prefix_cache if prefix_cache is not None else tl.prefix_of(prefix_ids)[0]
     screen = None
     if config.mode == "exhaustive" and config.screen_dtype == "bfloat16":
-        bf16_model = copy.deepcopy(model).to(torch.bfloat16)
-        screen_tl = TruncatedLM(bf16_model, config.measure_at, config.layers_path)
+        screen_tl = TruncatedLM(bf16_copy(model), config.measure_at, config.layers_path)
         with torch.no_grad():
             screen = (screen_tl, screen_tl.prefix_of(prefix_ids)[0])
     positions: list[PositionResult] = []
     for t in tqdm(range(n_pos), desc="inverting", disable=not progress):
-        pos = _search_position(t, tl, prefix, target[t], config, tau, screen, progress, rank_fn)
+        pos, kv = _search_position(t, tl, prefix, target[t], config, tau, screen, progress, rank_fn)
         positions.append(pos)
         with torch.no_grad():
-            prefix, _ = tl.extend(prefix, pos.chosen_token)
+            prefix = tl.append(prefix, *kv) if kv is not None else tl.extend(prefix, pos.chosen_token)[0]
             if screen is not None:
                 screen = (screen[0], screen[0].extend(screen[1], pos.chosen_token)[0])
-        logger.info("position %d: token %d, best %.3g (tau %.3g), %d verified%s", t, pos.chosen_token,
-                    pos.topk_dist[0], tau, pos.n_verified, ", certified" if pos.certified else "")
+        logger.info(
+            "position %d: token %d, best %.3g (tau %.3g), %d verified%s",
+            t,
+            pos.chosen_token,
+            pos.topk_dist[0],
+            tau,
+            pos.n_verified,
+            ", certified" if pos.certified else "",
+        )
     return InversionResult(
-        ids=[p.chosen_token for p in positions], positions=positions, noise_floor=floor.tolist(),
-        tau_exact=tau, floor_source=source, n_verified_total=sum(p.n_verified for p in positions),
-        vocab_size=tl.vocab_size, wall_s=time.perf_counter() - start, config=config,
-        prefix_ids=prefix_ids.tolist())
+        ids=[p.chosen_token for p in positions],
+        positions=positions,
+        noise_floor=floor.tolist(),
+        tau_exact=tau,
+        floor_source=source,
+        n_verified_total=sum(p.n_verified for p in positions),
+        vocab_size=tl.vocab_size,
+        wall_s=time.perf_counter() - start,
+        config=config,
+        prefix_ids=prefix_ids.tolist(),
+    )

@@ -1,4 +1,4 @@
-"""One model's paper-A setting: weights, prompt ids, vectors, sites and coefficients (spec A §3, D2/D4).
+"""One model's paper-A setting: weights, prompt ids, vectors, sites and coefficients (docs/paperA.md).
 
 Sites (D2): vector ``v`` is steered at the input of block ``l`` (``hidden_states[l]``) at **every** position (D4,
 ``positions="all"``) and states are measured at its output, ``measure_at = m = l + 1`` (``hidden_states[l+1]``).
@@ -21,9 +21,9 @@ from torch import Tensor, nn
 from steerlimits import data as D
 from steerlimits import hooks
 from steerlimits.models import load_prepared
-from steerlimits.registry import ModelSpec
-from steerlimits.settings.papera import PaperAContext
 from steerlimits.prompting import encode
+from steerlimits.registry import ModelSource
+from steerlimits.settings.papera import PaperAContext
 
 __all__ = ["ModelContext", "common_prefix_len", "load_context", "responses_xy"]
 
@@ -37,7 +37,7 @@ class ModelContext:
     key: str
     model: nn.Module
     tok: Any
-    spec: ModelSpec
+    spec: ModelSource
     settings: PaperAContext
     vectors: dict[str, Tensor] = field(default_factory=dict)
 
@@ -63,7 +63,7 @@ class ModelContext:
 
     @property
     def refusal_trained(self) -> bool:
-        return bool(self.spec.refusal_trained)
+        return self.settings.refusal_trained
 
     def measure_at(self, vector: str) -> int:
         return self.layer[vector] + 1
@@ -80,13 +80,13 @@ class ModelContext:
     def steering(self, vector: str, alpha: float | None = None) -> Iterator[None]:
         """``alpha · v`` (default the configured α) added at the input of block ``l`` at every position."""
         a = self.alpha[vector] if alpha is None else alpha
-        with hooks.add_vector(self.model, self.layer[vector], self.vectors[vector], a, positions="all",
-                              layers_path=self.spec.layers_path):
+        with hooks.add_vector(
+            self.model, self.layer[vector], self.vectors[vector], a, positions="all", layers_path=self.spec.layers_path
+        ):
             yield
 
     @torch.no_grad()
-    def states(self, vector: str, ids: Sequence[int], steered: bool = False,
-               alpha: float | None = None) -> Tensor:
+    def states(self, vector: str, ids: Sequence[int], steered: bool = False, alpha: float | None = None) -> Tensor:
         """States ``(T, d)`` at ``hidden_states[l + 1]`` of one uncached pass over ``ids`` (blocks ``0 … l``
         only), steered at every position when ``steered``."""
         from steerlimits.invert import TruncatedLM
@@ -100,26 +100,34 @@ class ModelContext:
 
     def site_record(self, vector: str) -> dict[str, Any]:
         l = self.layer[vector]
-        return {"inject_at": f"hidden_states[{l}] (input of block {l})",
-                "measure_at": f"hidden_states[{l + 1}] (output of block {l})", "positions": "all",
-                "layer": l, "alpha": self.alpha[vector], "prompt_format": self.fmt[vector],
-                "vector_norm": float(self.vectors[vector].norm()) if vector in self.vectors else None}
+        return {
+            "inject_at": f"hidden_states[{l}] (input of block {l})",
+            "measure_at": f"hidden_states[{l + 1}] (output of block {l})",
+            "positions": "all",
+            "layer": l,
+            "alpha": self.alpha[vector],
+            "prompt_format": self.fmt[vector],
+            "vector_norm": float(self.vectors[vector].norm()) if vector in self.vectors else None,
+        }
 
 
-def load_context(s: PaperAContext, marker: str | Path, vector_paths: Sequence[str | Path],
-                 load: bool = True) -> ModelContext:
+def load_context(
+    s: PaperAContext, marker: str | Path, vector_paths: Sequence[str | Path], load: bool = True
+) -> ModelContext:
     """Load the model (float32, eval) and row ``l`` of the ``method`` vectors of each vector file named in
     ``s.sites`` (``vector_paths`` may hold more; a file's stem names its vector)."""
     from safetensors.torch import load_file
 
-    mdl, tok = load_prepared(s.model, marker) if load else (None, None)
+    mdl, tok = load_prepared(s.model, marker, s.device) if load else (None, None)
     paths = {Path(p).stem: p for p in vector_paths}
     vecs = {}
     for vector, site in s.sites.items():
         table = load_file(str(paths[vector]))[s.method]
         if not 0 <= site.layer < table.shape[0] - 1:
-            raise ValueError(f"paperA: layer {site.layer} of {s.model.key}/{vector} leaves no block output to "
-                             f"measure (the model has {table.shape[0]} blocks)")
+            raise ValueError(
+                f"paperA: layer {site.layer} of {s.model.key}/{vector} leaves no block output to "
+                f"measure (the model has {table.shape[0]} blocks)"
+            )
         vecs[vector] = table[site.layer].float()
     return ModelContext(key=s.model.key, model=mdl, tok=tok, spec=s.model, settings=s, vectors=vecs)
 
@@ -138,8 +146,9 @@ def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     return k
 
 
-def responses_xy(responses: Sequence[Mapping[str, Any]], n_prompts: int, y_tokens: int,
-                 experiment: str) -> Iterator[tuple[int, list[int], list[int]]]:
+def responses_xy(
+    responses: Sequence[Mapping[str, Any]], n_prompts: int, y_tokens: int, experiment: str
+) -> Iterator[tuple[int, list[int], list[int]]]:
     """``(prompt index, x ids, first y_tokens steered-response ids)`` for the first ``n_prompts`` responses; an
     empty response is skipped with a warning (nothing to match)."""
     for r in list(responses)[:n_prompts]:

@@ -1,37 +1,62 @@
-"""E4 (prompt tuning and GCG-style optimisation) and E5 (soft prefix, then projection) (spec A §4 E4, E5; D11).
+"""E4: prompt tuning and GCG-style optimisation towards the steered states, each with a positive control
+(docs/paperA.md, claim A9).
 
-Target: steered states at ``hidden_states[l+1]`` on ``[x; y]`` (E4; ``y`` the steered greedy response) or on ``x``
-alone (E5). ``x = [header; instruction; tail]`` with the header/tail shared by the test prompts.
+Target: steered states at ``hidden_states[l+1]`` on ``[x; y]`` (``y`` the steered greedy response). With
+``x = [header; instruction; tail]`` (header/tail shared by the test prompts) every search is written as
+``[header (fixed, cached); slots (searched); suffix (fixed)]``:
 
-* E4 *replacement*: the instruction is replaced by free embeddings initialised from it (one per instruction
-  token, so positions stay aligned); *prefix*: ``n_virtual`` free embeddings before the instruction, small
-  random init. Tuning minimises cross-entropy on ``y`` (AdamW), then each embedding is projected to its nearest
-  token (L2). GCG (:func:`steerlimits.invert.gcg_search`) searches the same slots with the activation loss.
-* E5: ``p`` free embeddings after the header, Adam on the MSE to the steered prompt-only states at the original
-  (shifted) positions after the insertion point, then projection.
+* *replacement*: the slots are the instruction (initialised from it, so positions stay aligned), the suffix is
+  ``[tail; y]``;
+* *prefix*: ``n_virtual`` slots between the header and the instruction (random initialisation), the suffix is
+  ``[instruction; tail; y]``; the inserted positions are not compared.
 
-Distances are per-token L2 over the target's positions ``t ≥ 1`` (inserted positions removed), with the natural
-displacement ``‖Δh_t‖`` over the same positions beside them.
+Methods: GCG (:func:`steerlimits.invert.gcg`: activation loss, prefix cache, bf16 screening, multi-position swaps,
+round-trip filter, buffer) and prompt tuning (free slot embeddings, AdamW; ``tuning_loss = "activation"``: the
+same activation loss, ``"cross_entropy"``: the authors' cross-entropy on ``y``), then projection of each tuned
+embedding to its nearest allowed token (L2).
+
+**Positive control.** Each method is run again, with the same budget and initialisation, on a *reachable* target
+whose optimum is known and exact: replacement: the natural states of ``[x'; y]`` with ``x'`` = x with
+``control_k`` instruction tokens replaced by random allowed tokens (the slots then differ from the optimum in
+``control_k`` places); prefix: the natural states of ``[header; r; instruction; tail; y]`` with ``r`` random
+allowed tokens (the optimum is ``r``). For cross-entropy tuning the control's ``y`` is the natural greedy
+continuation of the control prompt (the one its objective can reach). "Gap closed" = 1 − final distance /
+the initialisation's distance, on either target; claim A9 uses a method only if it closes at least half of the
+control's gap.
+
+Distances are per-token L2 over the target's positions ``t ≥ 1`` (inserted positions removed), teacher-forced on
+``y``; the natural displacement ``‖Δh_t‖`` over the same positions is beside them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import torch
 from torch import Tensor
 
-from steerlimits.seeds import derive_seed
-from steerlimits.invert import TruncatedLM, embedding_matrix, gcg_search
-from steerlimits.settings.papera import E4, E5
+from steerlimits.invert import (
+    GCGConfig,
+    PrefixKV,
+    TruncatedLM,
+    allowed_tokens,
+    bf16_copy,
+    embedding_matrix,
+    gcg,
+    roundtrip_filter,
+)
 from steerlimits.papera.context import ModelContext, common_prefix_len, responses_xy
-from steerlimits.papera.generation import greedy, greedy_embeds
 from steerlimits.scoring import is_refusal
+from steerlimits.seeds import derive_seed
+from steerlimits.settings.papera import E4
+from steerlimits.steer import greedy
 
-__all__ = ["nearest_tokens", "run_e4", "run_e5", "spans"]
+__all__ = ["Problem", "curve_rows", "nearest_tokens", "random_slots", "run_e4", "spans", "tune"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,177 +72,430 @@ def spans(ctx: ModelContext, vector: str, x: Sequence[int]) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def nearest_tokens(table: Tensor, embeds: Tensor, chunk: int = 16384) -> tuple[list[int], list[float]]:
-    """Nearest token (L2) of each row of ``embeds (p, d)`` in ``table (V, d)``, and the distance."""
+def nearest_tokens(
+    table: Tensor, embeds: Tensor, chunk: int = 16384, allowed: Tensor | None = None
+) -> tuple[list[int], list[float]]:
+    """Nearest token (L2) of each row of ``embeds (p, d)`` in ``table (V, d)`` (among ``allowed`` tokens when
+    given), and the distance."""
+    ids = torch.arange(table.shape[0]) if allowed is None else allowed.nonzero().reshape(-1)
     best = torch.full((embeds.shape[0],), float("inf"))
     arg = torch.zeros(embeds.shape[0], dtype=torch.long)
-    for lo in range(0, table.shape[0], chunk):
-        d = torch.cdist(embeds.float(), table[lo:lo + chunk].float(), compute_mode="donot_use_mm_for_euclid_dist")
+    for lo in range(0, ids.numel(), chunk):
+        d = torch.cdist(
+            embeds.float(), table[ids[lo : lo + chunk]].float(), compute_mode="donot_use_mm_for_euclid_dist"
+        )
         v, i = d.min(1)
         better = v < best
-        best[better], arg[better] = v[better], i[better] + lo
+        best[better], arg[better] = v[better], ids[lo : lo + chunk][i[better]]
     return arg.tolist(), best.tolist()
 
 
-def _adam(params: list[Tensor], loss_fn: Callable[[], Tensor], steps: int, lr: float,
-          decoupled: bool) -> list[float]:
-    opt = (torch.optim.AdamW if decoupled else torch.optim.Adam)(params, lr=lr)
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
+def random_slots(
+    tok: Any,
+    allowed: Tensor,
+    n: int,
+    gen: torch.Generator,
+    base: Sequence[int] | None = None,
+    k: int | None = None,
+    tries: int = 200,
+) -> list[int]:
+    """``n`` random allowed tokens (or ``base`` with ``k`` random slots replaced) whose sequence survives
+    decode → encode, so a search restricted to allowed, round-tripping prompts can reach it exactly."""
+    pool = allowed.nonzero().reshape(-1)
+    keep = roundtrip_filter(tok)
+    for _ in range(tries):
+        if base is None:
+            out = pool[torch.randint(0, pool.numel(), (n,), generator=gen)]
+        else:
+            out = torch.tensor(list(base))
+            where = torch.randperm(len(base), generator=gen)[: min(k or 1, len(base))]
+            out[where] = pool[torch.randint(0, pool.numel(), (where.numel(),), generator=gen)]
+            if torch.equal(out, torch.tensor(list(base))):
+                continue
+        if bool(keep(out[None])[0]):
+            return out.tolist()
+    raise RuntimeError(f"no round-tripping random slots found in {tries} tries")
+
+
+@dataclass
+class Problem:
+    """``[header; slots; suffix]`` against ``target_rows (S + len(suffix), d)`` (states after the header,
+    ``mask`` 0 on inserted slots); ``target (T, d)`` is the full target on ``[x; y]`` for evaluation, where
+    ``ins(t)`` maps a target position to the searched sequence's position."""
+
+    header: list[int]
+    init: list[int]
+    suffix: list[int]
+    target_rows: Tensor
+    mask: Tensor
+    target: Tensor
+    n_inserted: int
+    y: list[int]
+
+    def ids(self, slots: Sequence[int]) -> list[int]:
+        return self.header + list(slots) + self.suffix
+
+    def ins(self, t: int) -> int:
+        return t if t < len(self.header) else t + self.n_inserted
+
+
+def _aligned_l2(h: Tensor, prob: Problem, keep: Sequence[int]) -> float:
+    idx = torch.as_tensor([prob.ins(t) for t in keep])
+    tgt = prob.target[torch.as_tensor(list(keep))]
+    return float(torch.linalg.vector_norm(h[idx] - tgt, dim=-1).mean())
+
+
+def tune(
+    tl: TruncatedLM,
+    table: Tensor,
+    probs: Sequence[Problem],
+    init: Tensor,
+    steps: int,
+    lr: float,
+    *,
+    loss: str = "activation",
+    model: Any = None,
+    decoupled: bool = True,
+) -> tuple[Tensor, list[list[float]]]:
+    """Free slot embeddings for ``B`` problems with the same header and shapes (a steered target and its control),
+    optimised in one batched forward: Adam(W) on the activation loss (sum over compared positions of
+    ``‖h_t − target_t‖²``, header cached) or on the cross-entropy of each problem's ``y``. ``init (B, S, d)``.
+    Returns each row's best iterate and its loss before each step plus the final one; gradients are taken with
+    respect to the slots only (the model's parameters never receive any)."""
+    soft = init.clone().requires_grad_(True)
+    opt = (torch.optim.AdamW if decoupled else torch.optim.Adam)([soft], lr=lr)
+    header = probs[0].header
+    with torch.no_grad():
+        kv = tl.extend_many(PrefixKV(), torch.tensor(header))[0] if header else PrefixKV()
+    suffix = torch.stack([table[torch.tensor(p.suffix, dtype=torch.long)] for p in probs])  # (B, R, d)
+    rows = torch.stack([p.target_rows for p in probs])
+    mask = torch.stack([p.mask for p in probs])
+    head_e = table[torch.tensor(header, dtype=torch.long)].expand(len(probs), -1, -1)
+    ys = torch.tensor([p.y for p in probs])
+    n_y = ys.shape[1]
+
+    def objective(s: Tensor) -> Tensor:  # (B,)
+        if loss == "activation":
+            h = tl.run(kv, inputs_embeds=torch.cat([s, suffix], dim=1))[0]
+            return ((h - rows).pow(2).sum(-1) * mask).sum(-1)
+        logits = model(
+            inputs_embeds=torch.cat([head_e, s, suffix], dim=1), logits_to_keep=n_y + 1, use_cache=False
+        ).logits[:, :-1]
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), ys, reduction="none").mean(-1)
+
+    best = soft.detach().clone()
+    best_loss = torch.full((len(probs),), math.inf)
+    losses: list[list[float]] = [[] for _ in probs]
+    for step in range(steps + 1):
         with torch.enable_grad():
-            loss = loss_fn()
-            loss.backward()
+            per_row = objective(soft)
+        values = per_row.detach().float()
+        for j in range(len(probs)):
+            losses[j].append(float(values[j]))
+        better = values < best_loss
+        best[better], best_loss[better] = soft.detach()[better], values[better]
+        if step == steps:
+            break
+        with torch.enable_grad():
+            (soft.grad,) = torch.autograd.grad(per_row.sum(), soft)
         opt.step()
-        losses.append(float(loss.detach()))
-    return losses
+    return best, losses
 
 
-def _l2(h: Tensor, target: Tensor, keep: Sequence[int]) -> float:
-    idx = torch.as_tensor(list(keep), dtype=torch.long)
-    return float(torch.linalg.vector_norm(h[idx] - target[idx], dim=-1).mean()) if len(idx) else float("nan")
+@torch.no_grad()
+def _stops(prob: Problem, target_kind: str) -> tuple[float, float | None]:
+    """``(stop_loss, stop_fraction)``: GCG stops on the steered target only once it is reached (loss ~0); on the
+    control also once the loss is 1 % of the initialisation's (about 90 % of the L2 gap closed: enough to show the
+    method works there)."""
+    scale = float(((prob.target_rows.norm(dim=-1) ** 2) * prob.mask).sum())
+    return 1e-8 * scale, (None if target_kind == "steered" else 0.01)
 
 
-def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]], cfg: E4) -> pd.DataFrame:
-    """One row per prompt × mode × method (tuned soft, tuned projected, GCG; ``original`` for reference)."""
-    m, model = ctx.measure_at(vector), ctx.model
-    tl = TruncatedLM(model, m, ctx.spec.layers_path)
-    table = embedding_matrix(model).detach()
-    rows = []
+def curve_rows(base: Mapping[str, Any], losses: Sequence[float], kind: str) -> list[dict[str, Any]]:
+    """Loss-curve rows (``step``, ``loss``, best so far, relative to the initial loss) for A-F7."""
+    rows, best = [], math.inf
+    first = losses[0] if losses else math.nan
+    for step, value in enumerate(losses):
+        best = min(best, value)
+        rows.append(
+            {
+                **base,
+                "loss_kind": kind,
+                "step": step,
+                "loss": value,
+                "best_loss": best,
+                "best_relative": best / first if first else math.nan,
+            }
+        )
+    return rows
+
+
+def run_e4(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]], cfg: E4) -> dict[str, pd.DataFrame]:
+    """``table``: one row per prompt × mode × target (steered / control) × method (init, tuned_soft,
+    tuned_projected, gcg; ``original`` = x itself); ``curves``: the loss of every run per step."""
+    table = embedding_matrix(ctx.model).detach()
+    shared = {
+        "tl": TruncatedLM(ctx.model, ctx.measure_at(vector), ctx.spec.layers_path),
+        "table": table,
+        "allowed": allowed_tokens(ctx.tok, table.shape[0]),
+        "keep_fn": roundtrip_filter(ctx.tok),
+        "screen": bf16_copy(ctx.model) if cfg.gcg_screen == "bfloat16" else None,
+    }
+    rows: list[dict[str, Any]] = []
+    curves: list[dict[str, Any]] = []
     for idx, x, y in responses_xy(responses, cfg.n_prompts, cfg.y_tokens, "E4"):
-        head, tail = spans(ctx, vector, x)
-        seq = x + y
-        target = ctx.states(vector, seq, steered=True).detach()
-        natural = ctx.states(vector, seq)
-        keep = list(range(1, len(seq)))
-        y_keep = list(range(len(x), len(seq)))
-        gap, gap_y = _l2(natural, target, keep), _l2(natural, target, y_keep)
-        seed = derive_seed(ctx.seed, "paperA-e4", ctx.key, vector, idx)
-
-        def evaluate(mode: str, method: str, prompt_ids: list[int] | None, prompt_e: Tensor | None,
-                     n_ins: int, extra: dict[str, Any]) -> None:
-            if prompt_e is not None:  # a soft prompt: generation and states from its embeddings
-                gen = greedy_embeds(ctx, prompt_e, len(y))
-                with torch.no_grad():
-                    h_tf = tl.full(inputs_embeds=torch.cat([prompt_e, table[y]])[None])[0]
-                    h_fr = tl.full(inputs_embeds=torch.cat([prompt_e, table[gen]])[None])[0] if gen else None
-                n_prompt = prompt_e.shape[0]
-            else:
-                assert prompt_ids is not None
-                gen = greedy(ctx, prompt_ids, len(y))
-                h_tf = ctx.states(vector, prompt_ids + y)
-                h_fr = ctx.states(vector, prompt_ids + gen) if gen else None
-                n_prompt = len(prompt_ids)
-            ins = (lambda t: t) if mode == "replacement" else (lambda t: t if t < head else t + n_ins)
-            aligned = torch.stack([h_tf[ins(t)] for t in range(len(seq))])
-            l2_tf, l2_tf_y = _l2(aligned, target, keep), _l2(aligned, target, y_keep)
-            k = min(len(gen), len(y))
-            l2_free = (float(torch.linalg.vector_norm(h_fr[n_prompt:n_prompt + k] - target[len(x):len(x) + k],
-                                                      dim=-1).mean()) if h_fr is not None and k else float("nan"))
-            text = ctx.tok.decode(gen, skip_special_tokens=True)
-            rows.append({"model": ctx.key, "vector": vector, "prompt": idx, "mode": mode, "method": method,
-                         "l2_teacher_forced": l2_tf, "l2_teacher_forced_response": l2_tf_y,
-                         "l2_free_response": l2_free, "delta_h": gap, "delta_h_response": gap_y,
-                         "ratio_to_delta_h": l2_tf / gap, "exact_match": gen == y,
-                         "token_overlap": sum(a == b for a, b in zip(gen, y)) / len(y) if y else float("nan"),
-                         "attack_success": float(not is_refusal(text)), "continuation": text, **extra})
-            logger.info("E4 prompt %d %s/%s: teacher-forced L2 %.3g (Δh %.3g), exact %s", idx, mode, method,
-                        l2_tf, gap, gen == y)
-
-        evaluate("replacement", "original", x, None, 0, {})
-        for mode in cfg.modes:
-            g = torch.Generator().manual_seed(seed + (mode == "prefix"))
-            if mode == "replacement":
-                soft = table[x[head:len(x) - tail]].clone()
-                pieces = lambda s: [table[x[:head]], s, table[x[len(x) - tail:]]]  # noqa: E731
-            else:
-                soft = torch.randn(cfg.n_virtual, table.shape[1], generator=g) * 0.1 * float(table.std())
-                pieces = lambda s: [table[x[:head]], s, table[x[head:]]]  # noqa: E731
-            soft.requires_grad_(True)
-
-            def ce() -> Tensor:
-                emb = torch.cat(pieces(soft) + [table[y]])[None]
-                logits = model(inputs_embeds=emb, logits_to_keep=len(y) + 1, use_cache=False).logits[0, :-1]
-                return torch.nn.functional.cross_entropy(logits, torch.as_tensor(y))
-
-            losses = _adam([soft], ce, cfg.tuning_steps, cfg.lr, decoupled=True)
-            n_ins = soft.shape[0] if mode == "prefix" else 0
-            proj, pdist = nearest_tokens(table, soft.detach())
-            info = {"final_ce": losses[-1] if losses else float("nan"), "n_slots": soft.shape[0],
-                    "projection_dist_mean": sum(pdist) / len(pdist)}
-            evaluate(mode, "tuned_soft", None, torch.cat(pieces(soft.detach())), n_ins, info)
-            ids = (x[:head] + proj + x[len(x) - tail:]) if mode == "replacement" else (x[:head] + proj + x[head:])
-            evaluate(mode, "tuned_projected", ids, None, n_ins, info)
-            if cfg.gcg_steps > 0:
-                if mode == "replacement":
-                    res = gcg_search(model, target[head:], m, cfg.gcg_steps, cfg.gcg_width, cfg.gcg_topk,
-                                     seed, init_ids=torch.tensor(x[head:len(x) - tail]),
-                                     prefix_ids=torch.tensor(x[:head]), suffix_ids=torch.tensor(x[len(x) - tail:] + y),
-                                     layers_path=ctx.spec.layers_path)
-                    ids = x[:head] + res.best_ids + x[len(x) - tail:]
-                else:
-                    n_v = cfg.n_virtual
-                    full_t = torch.cat([torch.zeros(n_v, target.shape[1]), target[head:]])
-                    mask = torch.cat([torch.zeros(n_v), torch.ones(len(seq) - head)])
-                    res = gcg_search(model, full_t, m, cfg.gcg_steps, cfg.gcg_width, cfg.gcg_topk, seed,
-                                     prefix_ids=torch.tensor(x[:head]), suffix_ids=torch.tensor(x[head:] + y),
-                                     target_mask=mask, layers_path=ctx.spec.layers_path)
-                    ids = x[:head] + res.best_ids + x[head:]
-                evaluate(mode, "gcg", ids, None, n_ins if mode == "prefix" else 0,
-                         {"gcg_loss": res.best_loss, "gcg_evaluated": res.n_evaluated, "n_slots": len(res.best_ids)})
-    return pd.DataFrame(rows)
+        _e4_prompt(ctx, vector, cfg, idx, x, y, shared, rows, curves)
+    return {"table": pd.DataFrame(rows), "curves": pd.DataFrame(curves)}
 
 
-def run_e5(ctx: ModelContext, vector: str, cfg: E5, max_new_tokens: int) -> dict[str, pd.DataFrame]:
-    """``table``: one row per prompt × p × kind (``soft`` / ``projected``); ``generations``: natural, steered,
-    soft-prefix and projected-prefix continuations at the best p (by the soft prefix's per-token L2)."""
+def _e4_prompt(
+    ctx: ModelContext,
+    vector: str,
+    cfg: E4,
+    idx: int,
+    x: list[int],
+    y: list[int],
+    shared: Mapping[str, Any],
+    rows: list[dict[str, Any]],
+    curves: list[dict[str, Any]],
+) -> None:
+    """Every E4 run of one prompt (both modes, steered and control targets), appended to ``rows``/``curves``."""
     m, model = ctx.measure_at(vector), ctx.model
-    tl = TruncatedLM(model, m, ctx.spec.layers_path)
-    table = embedding_matrix(model).detach()
-    std = float(table.std())
-    rows, gens = [], []
-    for i, x in enumerate(ctx.prompt_ids(vector, cfg.n_prompts)):
-        head, _ = spans(ctx, vector, x)
-        best: tuple[float, int, Tensor, list[int]] | None = None
-        target = ctx.states(vector, x, steered=True).detach()
-        natural = ctx.states(vector, x)
-        after = list(range(head, len(x)))
-        gap = _l2(natural, target, after)
-        for p in cfg.p_values:
-            g = torch.Generator().manual_seed(derive_seed(ctx.seed, "paperA-e5", ctx.key, vector, i, p))
-            soft = (torch.randn(p, table.shape[1], generator=g) * cfg.init_scale * std).requires_grad_(True)
+    tl, table, allowed = shared["tl"], shared["table"], shared["allowed"]
+    keep_fn, screen = shared["keep_fn"], shared["screen"]
+    head, tail = spans(ctx, vector, x)
+    instr = x[head : len(x) - tail]
+    seq = x + y
+    keep = list(range(1, len(seq)))
+    y_keep = list(range(len(x), len(seq)))
+    steered = ctx.states(vector, seq, steered=True).detach()
+    natural = ctx.states(vector, seq).detach()
+    dh = torch.linalg.vector_norm(steered - natural, dim=-1)
+    gap, gap_y = float(dh[keep].mean()), float(dh[y_keep].mean())
+    seed = derive_seed(ctx.seed, "paperA-e4", ctx.key, vector, idx)
+    gen = torch.Generator().manual_seed(derive_seed(seed, "control"))
+    base = {"model": ctx.key, "vector": vector, "prompt": idx, "delta_h": gap, "delta_h_response": gap_y}
 
-            def states_of(s: Tensor) -> Tensor:
-                h = tl.full(inputs_embeds=torch.cat([table[x[:head]], s, table[x[head:]]])[None])[0]
-                return h[head + p:]  # the original positions after the insertion point
+    def evaluate(
+        prob: Problem,
+        mode: str,
+        target_kind: str,
+        method: str,
+        slots: Sequence[int] | None,
+        soft: Tensor | None,
+        l2_init: float | None,
+        extra: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        with torch.no_grad():
+            if soft is not None:
+                embeds = torch.cat(
+                    [
+                        table[torch.tensor(prob.header, dtype=torch.long)],
+                        soft,
+                        table[torch.tensor(prob.suffix, dtype=torch.long)],
+                    ]
+                )
+                h = tl.full(inputs_embeds=embeds[None])[0]
+            else:
+                assert slots is not None
+                h = ctx.states(vector, prob.ids(slots))
+        l2 = _aligned_l2(h, prob, keep)
+        row = {
+            **base,
+            "mode": mode,
+            "target": target_kind,
+            "method": method,
+            "l2_teacher_forced": l2,
+            "l2_teacher_forced_response": _aligned_l2(h, prob, y_keep) if target_kind == "steered" else math.nan,
+            "l2_init": l2_init if l2_init is not None else l2,
+            "ratio_to_delta_h": l2 / gap,
+            "gap_closed": 1 - l2 / l2_init if l2_init else math.nan,
+            **extra,
+        }
+        if target_kind == "steered":  # behaviour of the steered runs only (controls: states only)
+            n_prompt = (
+                len(prob.header) + len(prob.suffix) - len(y) + (soft.shape[0] if soft is not None else len(slots or []))
+            )
+            if soft is not None:
+                cont = greedy(model, ctx.tok, [], len(y), inputs_embeds=embeds[:n_prompt])[0]
+            else:
+                cont = greedy(model, ctx.tok, [prob.ids(slots or [])[:n_prompt]], len(y))[0]
+            k = min(len(cont), len(y))
+            if k:
+                with torch.no_grad():
+                    if soft is not None:
+                        hf = tl.full(inputs_embeds=torch.cat([embeds[:n_prompt], table[cont]])[None])[0]
+                    else:
+                        hf = ctx.states(vector, prob.ids(slots or [])[:n_prompt] + cont)
+                l2_free = float(
+                    torch.linalg.vector_norm(
+                        hf[n_prompt : n_prompt + k] - prob.target[len(x) : len(x) + k], dim=-1
+                    ).mean()
+                )
+            else:
+                l2_free = math.nan
+            text = ctx.tok.decode(cont, skip_special_tokens=True)
+            row.update(
+                {
+                    "l2_free_response": l2_free,
+                    "exact_match": cont == y,
+                    "token_overlap": sum(a == b for a, b in zip(cont, y)) / len(y),
+                    "attack_success": float(not is_refusal(text)),
+                    "continuation": text,
+                }
+            )
+        rows.append(row)
+        logger.info(
+            "E4 prompt %d %s/%s/%s: L2 %.4g (init %.4g, delta_h %.4g)",
+            idx,
+            mode,
+            target_kind,
+            method,
+            l2,
+            row["l2_init"],
+            gap,
+        )
+        return row
 
-            def mse() -> Tensor:
-                return (states_of(soft) - target[head:]).pow(2).mean()
-
-            losses = _adam([soft], mse, cfg.steps, cfg.lr, decoupled=False)
-            proj, pdist = nearest_tokens(table, soft.detach())
-            with torch.no_grad():
-                h_soft = states_of(soft.detach())
-            h_proj = ctx.states(vector, x[:head] + proj + x[head:])[head + p:]
-            for kind, h in (("soft", h_soft), ("projected", h_proj)):
-                d = torch.linalg.vector_norm(h - target[head:], dim=-1)
-                rows.append({"model": ctx.key, "vector": vector, "prompt": i, "p": p, "kind": kind,
-                             "best_mse": min(losses) if losses and kind == "soft" else float(d.pow(2).mean() / h.shape[1]),
-                             "l2_total": float(d.sum()), "l2_per_token": float(d.mean()), "delta_h": gap,
-                             "nearest_tokens": proj, "nearest_dist_mean": sum(pdist) / len(pdist),
-                             "n_positions": len(after)})
-            logger.info("E5 prompt %d p=%d: soft %.3g, projected %.3g per token (Δh %.3g)", i, p,
-                        rows[-2]["l2_per_token"], rows[-1]["l2_per_token"], gap)
-            if best is None or rows[-2]["l2_per_token"] < best[0]:
-                best = (rows[-2]["l2_per_token"], p, soft.detach().clone(), proj)
-        assert best is not None
-        _, p, soft_best, proj = best
-        n_new = max_new_tokens
-        outs = {"natural": greedy(ctx, x, n_new), "steered": greedy(ctx, x, n_new, vector=vector),
-                "soft_prefix": greedy_embeds(ctx, torch.cat([table[x[:head]], soft_best, table[x[head:]]]), n_new),
-                "projected_prefix": greedy(ctx, x[:head] + proj + x[head:], n_new)}
-        for kind, ids in outs.items():
-            text = ctx.tok.decode(ids, skip_special_tokens=True)
-            gens.append({"model": ctx.key, "vector": vector, "prompt": i, "best_p": p, "kind": kind,
-                         "attack_success": float(not is_refusal(text)), "continuation": text})
-    return {"table": pd.DataFrame(rows), "generations": pd.DataFrame(gens)}
+    problems: dict[tuple[str, str], Problem] = {}
+    for mode in cfg.modes:
+        if mode == "replacement":
+            slots0, n_v = list(instr), 0
+            suffix = x[len(x) - tail :] + y
+            x_c = (
+                x[:head]
+                + random_slots(ctx.tok, allowed, len(instr), gen, base=instr, k=cfg.control_k)
+                + x[len(x) - tail :]
+            )
+        else:
+            n_v = cfg.n_virtual
+            slots0 = random_slots(ctx.tok, allowed, n_v, torch.Generator().manual_seed(derive_seed(seed, "init")))
+            suffix = x[head:] + y
+            x_c = x[:head] + random_slots(ctx.tok, allowed, n_v, gen) + x[head:]
+        mask = torch.cat([torch.zeros(n_v), torch.ones(len(seq) - head)])
+        pad = torch.zeros(n_v, steered.shape[1])
+        problems[(mode, "steered")] = Problem(
+            x[:head], slots0, suffix, torch.cat([pad, steered[head:]]), mask, steered, n_v, y
+        )
+        # the reachable control: natural states of x_c (teacher-forced on y, or on x_c's own greedy
+        # continuation when the tuning objective is the cross-entropy of the response)
+        y_c = y if cfg.tuning_loss == "activation" else greedy(model, ctx.tok, [x_c], len(y), min_new_tokens=len(y))[0]
+        h_c = ctx.states(vector, x_c + y_c).detach()
+        prob = Problem(
+            x[:head],
+            slots0,
+            suffix[: len(suffix) - len(y)] + y_c,
+            torch.cat([pad, h_c[head + n_v :]]),
+            mask,
+            h_c,
+            n_v,
+            y_c,
+        )
+        prob.target = torch.stack([h_c[prob.ins(t)] for t in range(len(seq))])
+        problems[(mode, "control")] = prob
+    for mode in cfg.modes:
+        pair = [problems[(mode, "steered")], problems[(mode, "control")]]
+        l2_0: dict[str, float] = {}
+        for target_kind, prob in zip(("steered", "control"), pair):
+            init_row = evaluate(prob, mode, target_kind, "init", prob.init, None, None, {})
+            l2_0[target_kind] = init_row["l2_teacher_forced"]
+            if mode == "replacement" and target_kind == "steered":
+                rows.append({**init_row, "method": "original"})
+        # prompt tuning: the steered target and its control in one batched run (same initialisation)
+        if cfg.tuning_steps > 0:
+            if mode == "replacement":
+                soft0 = table[torch.tensor(pair[0].init)].clone()
+            else:
+                g = torch.Generator().manual_seed(derive_seed(seed, "soft-init", mode))
+                soft0 = torch.randn(len(pair[0].init), table.shape[1], generator=g) * 0.1 * float(table.std())
+            lr = cfg.lr * float(table.std()) if cfg.lr_units == "embedding_std" else cfg.lr
+            softs, losses = tune(
+                tl, table, pair, soft0.expand(2, -1, -1), cfg.tuning_steps, lr, loss=cfg.tuning_loss, model=model
+            )
+            for j, (target_kind, prob) in enumerate(zip(("steered", "control"), pair)):
+                run_base = {**base, "mode": mode, "target": target_kind}
+                curves += curve_rows({**run_base, "method": "tuning"}, losses[j], cfg.tuning_loss)
+                proj, pdist = nearest_tokens(table, softs[j])
+                soft_init_l2 = (
+                    l2_0[target_kind]
+                    if mode == "replacement"
+                    else evaluate(prob, mode, target_kind, "tuning_init", None, soft0, None, {})["l2_teacher_forced"]
+                )
+                info = {
+                    "final_loss": min(losses[j]),
+                    "init_loss": losses[j][0],
+                    "steps": cfg.tuning_steps,
+                    "n_slots": len(prob.init),
+                    "projection_dist_mean": sum(pdist) / len(pdist),
+                }
+                evaluate(
+                    prob,
+                    mode,
+                    target_kind,
+                    "tuned_soft",
+                    None,
+                    softs[j],
+                    soft_init_l2,
+                    {**info, "returned_init": bool(torch.equal(softs[j], soft0))},
+                )
+                evaluate(
+                    prob,
+                    mode,
+                    target_kind,
+                    "tuned_projected",
+                    proj,
+                    None,
+                    l2_0[target_kind],
+                    {**info, "returned_init": proj == list(prob.init)},
+                )
+        if cfg.gcg_steps > 0:
+            for target_kind, prob in zip(("steered", "control"), pair):
+                gc = GCGConfig(
+                    n_steps=cfg.gcg_steps,
+                    search_width=cfg.gcg_width,
+                    topk=cfg.gcg_topk,
+                    n_replace=cfg.gcg_n_replace,
+                    buffer_size=cfg.gcg_buffer,
+                    n_verify=cfg.gcg_verify,
+                    stop_loss=_stops(prob, target_kind)[0],
+                    stop_fraction=_stops(prob, target_kind)[1],
+                    seed=derive_seed(seed, "gcg", mode),
+                    layers_path=ctx.spec.layers_path,
+                )
+                res = gcg(
+                    model,
+                    prob.target_rows,
+                    m,
+                    gc,
+                    init_ids=torch.tensor(prob.init),
+                    prefix_ids=torch.tensor(prob.header, dtype=torch.long),
+                    suffix_ids=torch.tensor(prob.suffix, dtype=torch.long),
+                    target_mask=prob.mask,
+                    allowed=allowed,
+                    keep=keep_fn,
+                    screen_model=screen,
+                )
+                curves += curve_rows(
+                    {**base, "mode": mode, "target": target_kind, "method": "gcg"}, res.best_losses, "activation"
+                )
+                evaluate(
+                    prob,
+                    mode,
+                    target_kind,
+                    "gcg",
+                    res.best_ids,
+                    None,
+                    l2_0[target_kind],
+                    {
+                        "final_loss": res.best_loss,
+                        "init_loss": res.init_loss,
+                        "steps": res.n_steps_run,
+                        "n_slots": len(res.best_ids),
+                        "gcg_evaluated": res.n_evaluated,
+                        "gcg_screened": res.n_screened,
+                        "gcg_filtered": res.n_filtered,
+                        "returned_init": res.returned_init,
+                        "stopped_early": res.stopped_early,
+                        "wall_s": res.wall_s,
+                    },
+                )

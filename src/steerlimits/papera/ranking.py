@@ -49,14 +49,23 @@ class LinearDecoder:
 
 
 @torch.no_grad()
-def fit_decoder(model: nn.Module, sequences: Sequence[Sequence[int]], measure_at: int, ridge: float = 1e-2,
-                layers_path: str | None = None, batch_size: int = 32) -> LinearDecoder:
+def fit_decoder(
+    model: nn.Module,
+    sequences: Sequence[Sequence[int]],
+    measure_at: int,
+    ridge: float = 1e-2,
+    layers_path: str | None = None,
+    batch_size: int = 32,
+    states_model: nn.Module | None = None,
+) -> LinearDecoder:
     """Ridge regression ``h^m_t → E_{x_t}`` on natural states of ``sequences`` (position 0 excluded: the sink);
     sequences of equal length are run ``batch_size`` at a time.
 
-    ``ridge`` is relative: ``λ = ridge · mean_j Var(h_j) · n``.
+    ``ridge`` is relative: ``λ = ridge · mean_j Var(h_j) · n``. ``states_model``: a copy of ``model`` (e.g.
+    bf16, :func:`steerlimits.invert.bf16_copy`) whose states train the decoder; it only orders candidates, and
+    every distance is verified in float32, so a cheaper forward changes cost, never a result's validity.
     """
-    tl = TruncatedLM(model, measure_at, layers_path)
+    tl = TruncatedLM(states_model if states_model is not None else model, measure_at, layers_path)
     table = embedding_matrix(model).detach()
     xs, ys = [], []
     by_length: dict[int, list[list[int]]] = {}
@@ -66,9 +75,9 @@ def fit_decoder(model: nn.Module, sequences: Sequence[Sequence[int]], measure_at
     for length in sorted(by_length):
         group = by_length[length]
         for start in range(0, len(group), batch_size):
-            ids = torch.as_tensor(group[start:start + batch_size], dtype=torch.long, device=tl.device)
+            ids = torch.as_tensor(group[start : start + batch_size], dtype=torch.long, device=tl.device)
             with torch.no_grad():
-                xs.append(tl.full(input_ids=ids)[:, 1:].reshape(-1, table.shape[1]))
+                xs.append(tl.full(input_ids=ids)[:, 1:].reshape(-1, table.shape[1]).float())
             ys.append(table[ids[:, 1:].reshape(-1)])
     if not xs:
         raise ValueError("fit_decoder needs at least one sequence of two or more tokens")
@@ -78,6 +87,18 @@ def fit_decoder(model: nn.Module, sequences: Sequence[Sequence[int]], measure_at
     lam = ridge * float(xc.pow(2).sum(0).mean())
     weight = torch.linalg.solve(xc.T @ xc + lam * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ y)
     return LinearDecoder(mean=mean.float(), weight=weight.float(), n_tokens=int(x.shape[0]), ridge=ridge)
+
+
+def _interleave_partial(orders: Sequence[Tensor]) -> Tensor:
+    """:func:`_interleave` of the heads of several orders (each ``(k,)``): the tokens of any head, by their best
+    rank in any of them; equal to the first ``k`` of the full interleave."""
+    best: dict[int, tuple[int, int]] = {}
+    for i, order in enumerate(orders):
+        for rank, tok in enumerate(order.tolist()):
+            key = (rank, i)
+            if tok not in best or key < best[tok]:
+                best[tok] = key
+    return torch.tensor(sorted(best, key=best.__getitem__), dtype=torch.long)
 
 
 def _interleave(orders: Sequence[Tensor]) -> Tensor:
@@ -97,10 +118,10 @@ class DecoderRank:
 
     ``first_at_zero``: tokens tried first at position 0 (the tokenizer's special ids); ``warm``: absolute
     position -> tokens tried first there (a steered search's warm start). The position is ``prefix.length``.
-    ``precheck`` (natural targets, :meth:`lazy`): the first tokens of the decoder order are verified here, and the
-    gradient order (a forward and backward pass) is computed only where none matches within ``tau_exact``; the
-    engine then re-verifies the match and the precheck's runner-up (its top-2) in its first batch. The candidates evaluated here are not counted in the
-    engine's ``n_verified``; the rule's sidecar records ``precheck``.
+    ``precheck`` (natural targets, :meth:`lazy`): :meth:`head` gives the first ``precheck`` decoder-ordered tokens,
+    which the engine verifies first; the full order with the gradient order (a forward and backward pass) is
+    computed only where none of them matches within ``tau_exact``. The precheck's evaluations are counted in the
+    engine's ``n_verified``.
     """
 
     decoder: LinearDecoder
@@ -134,26 +155,44 @@ class DecoderRank:
         out.precheck = precheck
         return out
 
-    def orders(self, target_t: Tensor) -> list[Tensor]:
-        """Decoder orders ``[cosine, L2]`` of all tokens ``(V,)`` for one target state ``(d,)``."""
+    def orders(self, target_t: Tensor, k: int | None = None) -> list[Tensor]:
+        """Decoder orders ``[cosine, L2]`` of all tokens ``(V,)`` for one target state ``(d,)``; with ``k`` only
+        their first ``k`` tokens (a partial sort, O(V))."""
         dots = self.table @ self.decoder.predict(target_t.detach())
-        return [torch.argsort(-dots / self._norm), torch.argsort(self._sq - 2 * dots)]
+        scores = [-dots / self._norm, self._sq - 2 * dots]
+        if k is None or k >= dots.numel():
+            return [torch.argsort(sc) for sc in scores]
+        return [torch.topk(sc, k, largest=False, sorted=True).indices for sc in scores]
+
+    def head(self, tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, config: InversionConfig) -> Tensor | None:
+        """With ``precheck > 0`` (:meth:`lazy`): the first ``precheck`` candidates (the position's first tokens, then
+        the decoder orders interleaved), which the engine verifies before it asks for the full order (and with it
+        the gradient order, a forward and backward pass); None otherwise."""
+        if self.precheck <= 0:
+            return None
+        first = self._first(prefix)
+        head = torch.cat(
+            [
+                torch.tensor(first, dtype=torch.long),
+                _interleave_partial(self.orders(target_t, self.precheck + len(first))),
+            ]
+        )
+        return torch.tensor(list(dict.fromkeys(head.tolist())), dtype=torch.long)[: self.precheck]
+
+    def _first(self, prefix: PrefixKV) -> list[int]:
+        first = list(self.first_at_zero) if prefix.length == 0 else []
+        return first + list((self.warm or {}).get(prefix.length, []))
 
     def __call__(self, tl: TruncatedLM, prefix: PrefixKV, target_t: Tensor, config: InversionConfig) -> Tensor:
-        orders = self.orders(target_t)
-        first = list(self.first_at_zero) if prefix.length == 0 else []
-        first += list((self.warm or {}).get(prefix.length, []))
-        order = _interleave(orders)
-        if self.use_gradient and self.precheck > 0 and config.tau_exact is not None:
-            head = torch.cat([torch.tensor(first, dtype=torch.long), order])[:self.precheck]
-            with torch.no_grad():
-                dist = torch.linalg.vector_norm(tl.score(prefix, head.to(target_t.device)) - target_t, dim=-1)
-            if float(dist.min()) <= config.tau_exact:  # the match, then the runner-up of the precheck (top-2)
-                first = [int(head[int(i)]) for i in torch.argsort(dist)[:2]] + first
-                return self._head_first(order, first, target_t)
+        first = self._first(prefix)
+        # ranked mode verifies only the first n_candidates: partial orders suffice (the first n of an interleave
+        # come from the first n of its orders), unless the gradient order (always full) joins
+        partial = config.mode == "ranked" and not self.use_gradient
         if self.use_gradient:
-            orders.append(gradient_order(tl, prefix, target_t, config))
-            order = _interleave(orders)
+            orders = [*self.orders(target_t), gradient_order(tl, prefix, target_t, config)]
+            return self._head_first(_interleave(orders), first, target_t)
+        orders = self.orders(target_t, config.n_candidates + len(first) if partial else None)
+        order = _interleave_partial(orders) if partial else _interleave(orders)
         return self._head_first(order, first, target_t)
 
     @staticmethod

@@ -33,8 +33,21 @@ from steerlimits.settings.papera import (
 )
 from steerlimits.steps import Files
 
-__all__ = ["load_raw", "paperA_behaviour", "paperA_claims", "paperA_e3", "paperA_e4", "paperA_e5", "paperA_e6",
-           "paperA_e7", "paperA_figures", "paperA_inversion", "paperA_responses", "paperA_tables", "read_json"]
+__all__ = [
+    "load_raw",
+    "paperA_behaviour",
+    "paperA_claims",
+    "paperA_e3",
+    "paperA_e4",
+    "paperA_e5",
+    "paperA_e6",
+    "paperA_e7",
+    "paperA_figures",
+    "paperA_inversion",
+    "paperA_responses",
+    "paperA_tables",
+    "read_json",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +57,14 @@ def _context(s: PaperAContext, inputs: Files) -> ModelContext:
 
 
 def _meta(ctx: ModelContext, inputs: Files, **extra: Any) -> dict[str, Any]:
-    return {"model": ctx.key, "model_sha256": marker_sha256(inputs["model"]), "paper": "A",
-            "sites": {v: ctx.site_record(v) for v in ctx.vectors}, "refusal_trained": ctx.refusal_trained, **extra}
+    return {
+        "model": ctx.key,
+        "model_sha256": marker_sha256(inputs["model"]),
+        "paper": "A",
+        "sites": {v: ctx.site_record(v) for v in ctx.vectors},
+        "refusal_trained": ctx.refusal_trained,
+        **extra,
+    }
 
 
 def read_json(path: str | Path) -> Any:
@@ -65,11 +84,20 @@ def paperA_inversion(s: PaperAInversion, inputs: Files, outputs: Files, log_path
     for key in ("positions", "prompts", "certificates"):
         res[key]["vocab_size"] = vocab
         res[key]["refusal_trained"] = ctx.refusal_trained
-    meta = _meta(ctx, inputs, reductions_vs_default=list(s.reductions), wall_s=time.perf_counter() - start,
-                 **res["meta"],
-                 method="sequential inversion (engine steerlimits.invert.invert) in DecoderRank order; natural: "
-                        "exhaustive with early exit; steered: ranked, warm-started with the natural token",
-                 tau_rule="tau_exact = 10 x max_{t>=1} floor_t on the prompt; position 0: 10 x floor_0")
+    meta = _meta(
+        ctx,
+        inputs,
+        reductions_vs_default=list(s.reductions),
+        wall_s=time.perf_counter() - start,
+        **res["meta"],
+        method="sequential inversion (engine steerlimits.invert.invert) in DecoderRank order; natural: "
+        "exhaustive with early exit; steered: ranked, warm-started with the natural token; "
+        "steered_cold: ranked, no warm start; certificates: steerlimits.invert.certify (bf16 "
+        "screen, float32 re-verification, cross-checked sweeps also run entirely in float32)",
+        top2_rule="natural top2 is the runner-up of the decoder precheck (the 32 decoder-ordered tokens "
+        "verified first), not a certified runner-up; certified runner-ups are in the certificates",
+        tau_rule="tau_exact = 10 x max_{t>=1} floor_t on the prompt; position 0: 10 x floor_0",
+    )
     for key in ("positions", "prompts", "certificates"):
         write_table(outputs[key], res[key], meta)
 
@@ -77,7 +105,7 @@ def paperA_inversion(s: PaperAInversion, inputs: Files, outputs: Files, log_path
 # ------------------------------------------------------------------------------------------------ behaviour
 def paperA_behaviour(s: PaperABehaviour, inputs: Files, outputs: Files, log_path: str | None) -> None:
     """E1 behaviour: greedy generations from x, steered x and the recovered ids (unsteered), scored."""
-    from steerlimits.papera.generation import greedy_batch
+    from steerlimits.papera.generation import greedy_ids
     from steerlimits.scoring import is_refusal, load_scorer
 
     ctx = _context(s.ctx, inputs)
@@ -91,24 +119,42 @@ def paperA_behaviour(s: PaperABehaviour, inputs: Files, outputs: Files, log_path
         sub = table[table["vector"] == vector].sort_values("prompt")
         ids = [json.loads(x) for x in sub["ids"]]
         rec = [json.loads(x) for x in sub["recovered"]]
-        outs = {"baseline": greedy_batch(ctx, ids, n_new), "steered": greedy_batch(ctx, ids, n_new, vector=vector)}
+        outs = {"baseline": greedy_ids(ctx, ids, n_new), "steered": greedy_ids(ctx, ids, n_new, vector=vector)}
         differ = [i for i in range(len(ids)) if rec[i] != ids[i]]
-        again = dict(zip(differ, greedy_batch(ctx, [rec[i] for i in differ], n_new))) if differ else {}
+        again = dict(zip(differ, greedy_ids(ctx, [rec[i] for i in differ], n_new))) if differ else {}
         outs["recovered"] = [again.get(i, outs["baseline"][i]) for i in range(len(ids))]
         for cond, conts in outs.items():
             texts = [ctx.tok.decode(c, skip_special_tokens=True) for c in conts]
             traits = scorer.score(texts)
             for i, (cont, text) in enumerate(zip(conts, texts)):
-                rows.append({"model": ctx.key, "vector": vector, "prompt": int(sub["prompt"].iloc[i]),
-                             "condition": cond, "recovered_is_x": rec[i] == ids[i],
-                             "refusal": float(is_refusal(text)), "attack_success": float(not is_refusal(text)),
-                             "trait_scorer": trait, "substitute_for": scorer.info.substitute_for,
-                             "trait_score": float(traits[i]), "n_tokens": len(cont),
-                             "refusal_trained": ctx.refusal_trained, "continuation": text})
-    write_table(outputs["table"], pd.DataFrame(rows),
-                _meta(ctx, inputs, decoding="greedy, left-padded batches; continuation-only scoring; recovered ids "
-                                            "never re-templated or re-encoded; a recovered prompt equal to x reuses "
-                                            "x's generation"))
+                rows.append(
+                    {
+                        "model": ctx.key,
+                        "vector": vector,
+                        "prompt": int(sub["prompt"].iloc[i]),
+                        "condition": cond,
+                        "recovered_is_x": rec[i] == ids[i],
+                        "refusal": float(is_refusal(text)),
+                        "attack_success": float(not is_refusal(text)),
+                        "trait_scorer": trait,
+                        "substitute_for": scorer.info.substitute_for,
+                        "trait_score": float(traits[i]),
+                        "n_tokens": len(cont),
+                        "refusal_trained": ctx.refusal_trained,
+                        "continuation": text,
+                    }
+                )
+    write_table(
+        outputs["table"],
+        pd.DataFrame(rows),
+        _meta(
+            ctx,
+            inputs,
+            decoding="greedy, left-padded batches; continuation-only scoring; recovered ids "
+            "never re-templated or re-encoded; a recovered prompt equal to x reuses "
+            "x's generation",
+        ),
+    )
 
 
 # ------------------------------------------------------------------------------------------------ E3 - E7
@@ -118,8 +164,11 @@ def paperA_responses(s: PaperAResponses, inputs: Files, outputs: Files, log_path
 
     ctx = _context(s.ctx, inputs)
     rows = [r for v in ctx.vectors for r in steered_responses(ctx, v, s.n_prompts, s.y_tokens)]
-    write_json(outputs["responses"], rows,
-               _meta(ctx, inputs, note="greedy, steered at every position; each experiment keeps its first y_tokens"))
+    write_json(
+        outputs["responses"],
+        rows,
+        _meta(ctx, inputs, note="greedy, steered at every position; each experiment keeps its first y_tokens"),
+    )
 
 
 def _by_vector(rows: Sequence[Mapping[str, Any]], vector: str) -> list[Mapping[str, Any]]:
@@ -133,35 +182,63 @@ def paperA_e3(s: PaperAE3, inputs: Files, outputs: Files, log_path: str | None) 
     ctx = _context(s.ctx, inputs)
     rows = read_json(inputs["responses"])
     parts = {v: run_e3(ctx, v, _by_vector(rows, v), s.e3) for v in ctx.vectors}
-    meta = _meta(ctx, inputs, reductions_vs_default=list(s.reductions),
-                 notes=[n for p in parts.values() for n in p["notes"]],
-                 steered_attack_success={v: p["steered_attack_success"] for v, p in parts.items()})
+    meta = _meta(
+        ctx,
+        inputs,
+        reductions_vs_default=list(s.reductions),
+        notes=[n for p in parts.values() for n in p["notes"]],
+        steered_attack_success={v: p["steered_attack_success"] for v, p in parts.items()},
+        demo_lengths={v: p["demo_lengths"] for v, p in parts.items()},
+        control="reachable target: natural states of [x; y] after N neutral demonstrations of the same "
+        "lengths; gap closed = 1 - d(icl_N, neutral_N) / d(x alone, neutral_N)",
+    )
     write_table(outputs["summary"], pd.concat([p["summary"] for p in parts.values()], ignore_index=True), meta)
     write_table(outputs["positions"], pd.concat([p["positions"] for p in parts.values()], ignore_index=True), meta)
 
 
 def paperA_e4(s: PaperAE4, inputs: Files, outputs: Files, log_path: str | None) -> None:
-    """E4 prompt tuning (replacement, prefix; projected) and GCG-style optimisation towards the steered states."""
+    """E4 prompt tuning and GCG-style optimisation (replacement, prefix) towards the steered states, each with
+    its positive control on a reachable target; loss curves of every run."""
     from steerlimits.papera.optimise import run_e4
 
+    start = time.perf_counter()
     ctx = _context(s.ctx, inputs)
     rows = read_json(inputs["responses"])
-    table = pd.concat([run_e4(ctx, v, _by_vector(rows, v), s.e4) for v in ctx.vectors], ignore_index=True)
-    write_table(outputs["table"], table, _meta(ctx, inputs, reductions_vs_default=list(s.reductions),
-                                               gepa="not run (optional hook, off by default, D11)"))
+    parts = [run_e4(ctx, v, _by_vector(rows, v), s.e4) for v in ctx.vectors]
+    meta = _meta(
+        ctx,
+        inputs,
+        reductions_vs_default=list(s.reductions),
+        wall_s=time.perf_counter() - start,
+        gepa="not run (optional hook, off by default, D11)",
+        control="replacement: natural states of x with control_k instruction tokens replaced by random "
+        "round-tripping tokens; prefix: natural states of [header; n_virtual random tokens; rest]; "
+        "same initialisation and budget as the steered run",
+    )
+    write_table(outputs["table"], pd.concat([p["table"] for p in parts], ignore_index=True), meta)
+    write_table(outputs["curves"], pd.concat([p["curves"] for p in parts], ignore_index=True), meta)
 
 
 def paperA_e5(s: PaperAE5, inputs: Files, outputs: Files, log_path: str | None) -> None:
-    """E5 soft prefix of length p, then projection to tokens."""
-    from steerlimits.papera.optimise import run_e5
+    """E5 soft prefix of length p (warm-started chain), then projection to tokens, with its positive control."""
+    from steerlimits.papera.softprefix import run_e5
 
+    start = time.perf_counter()
     ctx = _context(s.ctx, inputs)
     parts = [run_e5(ctx, v, s.e5, s.max_new_tokens) for v in ctx.vectors]
-    meta = _meta(ctx, inputs, reductions_vs_default=list(s.reductions))
+    meta = _meta(
+        ctx,
+        inputs,
+        reductions_vs_default=list(s.reductions),
+        wall_s=time.perf_counter() - start,
+        control="natural states of [header; p random tokens; rest] (nested over p), same chain, budget "
+        "and initialisations",
+    )
     table = pd.concat([p["table"] for p in parts], ignore_index=True)
     table["nearest_tokens"] = table["nearest_tokens"].map(json.dumps)
     write_table(outputs["table"], table, meta)
     write_table(outputs["generations"], pd.concat([p["generations"] for p in parts], ignore_index=True), meta)
+    write_table(outputs["curves"], pd.concat([p["curves"] for p in parts], ignore_index=True), meta)
 
 
 def paperA_e6(s: PaperAE6, inputs: Files, outputs: Files, log_path: str | None) -> None:
@@ -202,12 +279,17 @@ def paperA_tables(s: PaperATables, inputs: Files, outputs: Files, log_path: str 
     from steerlimits.papera import tables as T
 
     raw = load_raw(inputs)
-    meta = {"sources": dict(inputs), "reductions_vs_default": {k: list(v) for k, v in s.reductions.items()},
-            "position_rule": "position 0 (attention sink) excluded from summaries; reported as top1_pos0_mean"}
+    meta = {
+        "sources": dict(inputs),
+        "reductions_vs_default": {k: list(v) for k, v in s.reductions.items()},
+        "position_rule": "position 0 (attention sink) excluded from summaries; reported as top1_pos0_mean",
+    }
     summary = T.inversion_summary(raw["prompts"], raw["positions"], raw["certificates"])
     write_table(outputs["summary"], summary, meta)
     write_text(outputs["summary_md"], "# A-T1: inversion summary (E1)\n\n" + T.markdown(summary), meta)
     write_table(outputs["certificates"], raw["certificates"], meta)
+    write_table(outputs["crosscheck"], T.crosscheck_table(raw["certificates"]), meta)
+    write_table(outputs["controls"], T.controls_table(raw), meta)
     write_table(outputs["e2"], T.e2_table(raw["prompts"], raw["positions"]), meta)
     write_table(outputs["e3"], T.e3_table(raw["e3"]), meta)
     write_table(outputs["e4"], T.e4_table(raw["e4"]), meta)
@@ -226,12 +308,19 @@ def paperA_figures(s: PaperAFigures, inputs: Files, outputs: Files, log_path: st
 
     raw = load_raw({k: v for k, v in inputs.items() if k != "e2"})
     f4, f4b = F.many_shot(raw["e3"], raw["e3_positions"])
-    figs = {"A-F1": F.concept_surface(s.seed), "A-F2": F.topk_by_position(raw["positions"]),
-            "A-F3": F.sweep(pd.read_csv(inputs["e2"])), "A-F3b": F.sweep_positions(raw["positions"]), "A-F4": f4,
-            "A-F4b": f4b, "A-F5": F.soft_prefix(raw["e5"]), "A-F6": F.scale(raw["e7_pairs"])}
+    figs = {
+        "A-F1": F.concept_surface(s.seed),
+        "A-F2": F.topk_by_position(raw["positions"]),
+        "A-F3": F.sweep(pd.read_csv(inputs["e2"])),
+        "A-F3b": F.sweep_positions(raw["positions"]),
+        "A-F4": f4,
+        "A-F4b": f4b,
+        "A-F5": F.soft_prefix(raw["e5"]),
+        "A-F6": F.scale(raw["e7_pairs"]),
+        "A-F7": F.loss_curves(raw["e4_curves"], raw["e5_curves"]),
+    }
     for fid, fig in figs.items():
-        write_figure(fig, [outputs[f"{fid}_{ext}"] for ext in ("png", "pdf")],
-                     {"figure": fid, "sources": dict(inputs)})
+        write_figure(fig, [outputs[f"{fid}_{ext}"] for ext in ("png", "pdf")], {"figure": fid, "sources": dict(inputs)})
         plt.close(fig)
 
 
@@ -240,6 +329,5 @@ def paperA_claims(s: PaperAClaims, inputs: Files, outputs: Files, log_path: str 
     from steerlimits.papera.claims import paper_a_claims
 
     table = paper_a_claims(load_raw(inputs))
-    write_table(outputs["table"], table, {"sources": dict(inputs),
-                                          "thresholds": "fixed before any value was seen"})
+    write_table(outputs["table"], table, {"sources": dict(inputs), "thresholds": "fixed before any value was seen"})
     log.info("paper A claims:\n%s", table.to_string(index=False))

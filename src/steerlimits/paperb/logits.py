@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steerlimits.seeds import derive_seed
 from steerlimits.hooks import add_vector, position_ids_from_mask
 from steerlimits.prompting import left_pad, pad_id
 from steerlimits.samplers import sample_perturbations
+from steerlimits.seeds import derive_seed
 
 __all__ = ["PrefixCache", "logit_metrics", "next_token_logits", "plan_offsets", "run_e4"]
 
@@ -36,8 +36,12 @@ def logit_metrics(z_ref: Tensor, z: Tensor, top: int = 10) -> dict[str, Tensor]:
     kl = (lp_ref.exp() * (lp_ref - lp)).sum(-1).clamp_min(0.0)
     t_ref, t = z_ref.topk(top, dim=-1).indices, z.topk(top, dim=-1).indices
     overlap = torch.tensor([len(set(a.tolist()) & set(b.tolist())) / top for a, b in zip(t_ref, t, strict=True)])
-    return {"l2": (z_ref - z).norm(dim=-1), "kl": kl, "argmax_agree": (z_ref.argmax(-1) == z.argmax(-1)).double(),
-            "top10_overlap": overlap.double()}
+    return {
+        "l2": (z_ref - z).norm(dim=-1),
+        "kl": kl,
+        "argmax_agree": (z_ref.argmax(-1) == z.argmax(-1)).double(),
+        "top10_overlap": overlap.double(),
+    }
 
 
 class PrefixCache:
@@ -51,12 +55,13 @@ class PrefixCache:
     def __init__(self, model: Any, tok: Any, prompts: Sequence[Sequence[int]], batch_size: int = 32) -> None:
         self.model, self.batches = model, []
         for start in range(0, len(prompts), batch_size):
-            ids, mask = left_pad(prompts[start:start + batch_size], pad_id(tok))
+            ids, mask = left_pad(prompts[start : start + batch_size], pad_id(tok))
             pos = position_ids_from_mask(mask)
             cache = None
             if ids.shape[1] > 1:
-                cache = model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
-                              use_cache=True).past_key_values
+                cache = model(
+                    input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True
+                ).past_key_values
             self.batches.append((ids, mask, pos, cache))
 
     @torch.no_grad()
@@ -64,40 +69,65 @@ class PrefixCache:
         """Last-position logits ``(n, V)`` float32, row i steered by ``offsets[i]`` ``(n, d)`` at block ``layer``."""
         out, start = [], 0
         for ids, mask, pos, cache in self.batches:
-            rows = offsets[start:start + ids.shape[0]]
+            rows = offsets[start : start + ids.shape[0]]
             start += ids.shape[0]
             kv = copy.deepcopy(cache) if cache is not None else None
             first = ids.shape[1] - 1 if kv is not None else 0
-            with add_vector(self.model, layer, rows, 1.0, positions="last_prompt_and_generated",
-                            prompt_length=ids.shape[1]):
-                logits = self.model(input_ids=ids[:, first:], attention_mask=mask, position_ids=pos[:, first:],
-                                    past_key_values=kv, use_cache=kv is not None).logits[:, -1]
+            with add_vector(
+                self.model, layer, rows, 1.0, positions="last_prompt_and_generated", prompt_length=ids.shape[1]
+            ):
+                logits = self.model(
+                    input_ids=ids[:, first:],
+                    attention_mask=mask,
+                    position_ids=pos[:, first:],
+                    past_key_values=kv,
+                    use_cache=kv is not None,
+                ).logits[:, -1]
             out.append(logits.float().cpu())
         return torch.cat(out)
 
 
-def next_token_logits(model: Any, tok: Any, prompts: Sequence[Sequence[int]], offsets: Tensor, layer: int,
-                      batch_size: int = 32) -> Tensor:
+def next_token_logits(
+    model: Any, tok: Any, prompts: Sequence[Sequence[int]], offsets: Tensor, layer: int, batch_size: int = 32
+) -> Tensor:
     """Last-position logits ``(n, V)`` for row i = prompt i steered by ``offsets[i]`` ``(n, d)`` (full forwards,
     no cache: the reference for :class:`PrefixCache`)."""
     out = []
     with torch.no_grad():
         for start in range(0, len(prompts), batch_size):
-            ids, mask = left_pad(prompts[start:start + batch_size], pad_id(tok))
-            with add_vector(model, layer, offsets[start:start + batch_size], 1.0,
-                            positions="last_prompt_and_generated", prompt_length=ids.shape[1]):
-                logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask),
-                               use_cache=False).logits[:, -1]
+            ids, mask = left_pad(prompts[start : start + batch_size], pad_id(tok))
+            with add_vector(
+                model,
+                layer,
+                offsets[start : start + batch_size],
+                1.0,
+                positions="last_prompt_and_generated",
+                prompt_length=ids.shape[1],
+            ):
+                logits = model(
+                    input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
+                ).logits[:, -1]
             out.append(logits.float().cpu())
     return torch.cat(out)
 
 
-def plan_offsets(v: Tensor, bases: Mapping[str, Tensor | None], families: Sequence[str], *, alpha: float,
-                 n_u: int, n_r: int, seed: int, others: Mapping[str, Tensor] | None = None) -> list[dict[str, Any]]:
+def plan_offsets(
+    v: Tensor,
+    bases: Mapping[str, Tensor | None],
+    families: Sequence[str],
+    *,
+    alpha: float,
+    n_u: int,
+    n_r: int,
+    seed: int,
+    others: Mapping[str, Tensor] | None = None,
+) -> list[dict[str, Any]]:
     """Conditions of E4: ``zero``, ``v``, ``v+u`` per family × draw, ``v+r`` per draw, and ``other`` per entry of
     ``others`` (trait -> vector ``(d,)``, rescaled to ``‖v‖``, in place of ``v``); offsets have α applied."""
-    out: list[dict[str, Any]] = [{"condition": "zero", "family": "", "draw": -1, "offset": torch.zeros_like(v)},
-                                 {"condition": "v", "family": "", "draw": -1, "offset": alpha * v}]
+    out: list[dict[str, Any]] = [
+        {"condition": "zero", "family": "", "draw": -1, "offset": torch.zeros_like(v)},
+        {"condition": "v", "family": "", "draw": -1, "offset": alpha * v},
+    ]
     for fam in families:
         basis = None if fam == "random_orth" else bases.get(fam)
         if fam != "random_orth" and (basis is None or basis.shape[1] == 0):
@@ -119,9 +149,22 @@ def plan_offsets(v: Tensor, bases: Mapping[str, Tensor | None], families: Sequen
     return out
 
 
-def run_e4(model: Any, tok: Any, prompts: Sequence[Sequence[int]], v: Tensor, bases: Mapping[str, Tensor | None],
-           families: Sequence[str], *, layer: int, alpha: float, n_u: int, n_r: int, seed: int,
-           batch_size: int = 32, others: Mapping[str, Tensor] | None = None) -> list[dict[str, Any]]:
+def run_e4(
+    model: Any,
+    tok: Any,
+    prompts: Sequence[Sequence[int]],
+    v: Tensor,
+    bases: Mapping[str, Tensor | None],
+    families: Sequence[str],
+    *,
+    layer: int,
+    alpha: float,
+    n_u: int,
+    n_r: int,
+    seed: int,
+    batch_size: int = 32,
+    others: Mapping[str, Tensor] | None = None,
+) -> list[dict[str, Any]]:
     """One row per (prefix, condition) with the metrics against ``z_v`` (``zero`` is the baseline distance)."""
     conds = plan_offsets(v, bases, families, alpha=alpha, n_u=n_u, n_r=n_r, seed=seed, others=others)
     n = len(prompts)
@@ -134,6 +177,14 @@ def run_e4(model: Any, tok: Any, prompts: Sequence[Sequence[int]], v: Tensor, ba
         z = prefix.logits(c["offset"].expand(n, -1), layer)
         metrics = logit_metrics(z_v, z)
         for i in range(n):
-            rows.append({"prefix": i, "condition": c["condition"], "family": c["family"], "draw": c["draw"],
-                         "offset_norm": float(c["offset"].norm()), **{k: float(m[i]) for k, m in metrics.items()}})
+            rows.append(
+                {
+                    "prefix": i,
+                    "condition": c["condition"],
+                    "family": c["family"],
+                    "draw": c["draw"],
+                    "offset_norm": float(c["offset"].norm()),
+                    **{k: float(m[i]) for k, m in metrics.items()},
+                }
+            )
     return rows

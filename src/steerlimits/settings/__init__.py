@@ -51,12 +51,38 @@ STAGES: dict[str, Callable[..., Any]] = {
     "score_generations": core.score_generations,
     "dose_response": core.dose_response,
     "claims": core.claims,
-    **{name: getattr(papera, name) for name in (
-        "paperA_inversion", "paperA_behaviour", "paperA_responses", "paperA_e3", "paperA_e4", "paperA_e5",
-        "paperA_e6", "paperA_e7", "paperA_tables", "paperA_figures", "paperA_claims")},
-    **{name: getattr(paperb, name) for name in (
-        "paperB_nullspace", "paperB_generate", "paperB_score", "paperB_logits", "paperB_tables", "paperB_claims",
-        "paperB_figures")},
+    "examples": core.examples,
+    "manifest": core.manifest,
+    **{
+        name: getattr(papera, name)
+        for name in (
+            "paperA_inversion",
+            "paperA_behaviour",
+            "paperA_responses",
+            "paperA_e3",
+            "paperA_e4",
+            "paperA_e5",
+            "paperA_e6",
+            "paperA_e7",
+            "paperA_tables",
+            "paperA_figures",
+            "paperA_claims",
+        )
+    },
+    **{
+        name: getattr(paperb, name)
+        for name in (
+            "paperB_nullspace",
+            "paperB_calibrate",
+            "paperB_generate",
+            "paperB_score",
+            "paperB_logits",
+            "paperB_dtype_check",
+            "paperB_tables",
+            "paperB_claims",
+            "paperB_figures",
+        )
+    },
 }
 
 

@@ -67,7 +67,7 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         if value not in get_args(tp):
             raise ValueError(f"{where}: {value!r} is not one of {get_args(tp)}")
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise TypeError(f"{where}: expected a mapping for {tp.__name__}, got {type(value).__name__}")
         return from_params(tp, value, where)

@@ -83,11 +83,20 @@ def check_config(config: Mapping[str, Any]) -> None:
             raise ConfigError(f"models.{key}.hub_id is required for source 'hub'")
         if spec.n_layers is None:
             raise ConfigError(f"models.{key}.n_layers is required")
-        for where, value in ((f"models.{key}.layer", config["models"][key].get("layer")),
-                             ("layer", config.get("layer"))):
+        for where, value in (
+            (f"models.{key}.layer", config["models"][key].get("layer")),
+            ("layer", config.get("layer")),
+        ):
             if isinstance(value, int) and not 0 <= value < spec.n_layers:
-                raise ConfigError(f"{where} = {value} is out of range for model '{key}' "
-                                  f"({spec.n_layers} blocks: 0..{spec.n_layers - 1})")
+                raise ConfigError(
+                    f"{where} = {value} is out of range for model '{key}' "
+                    f"({spec.n_layers} blocks: 0..{spec.n_layers - 1})"
+                )
+    data = Path(config.get("data_dir", "data"))
+    if not (data if data.is_absolute() else Path(__file__).resolve().parents[3] / data).is_dir():
+        raise ConfigError(
+            f"data_dir = {config.get('data_dir')!r}: no such folder (relative paths are relative to the repository)"
+        )
     dose = config.get("steering", {}).get("dose_response", {})
     behaviours = config.get("vectors", {}).get("behaviours", [])
     for b in dose.get("behaviours", []):
@@ -111,3 +120,12 @@ def check_config(config: Mapping[str, Any]) -> None:
         unknown = [m for m in block.get("models") or [] if m not in specs]
         if unknown:
             raise ConfigError(f"{paper}.models: {unknown} are not in the config's models {sorted(specs)}")
+        if paper == "paperB":  # the one pair of the fp32 / bf16 check must be a paper B pair
+            check = block.get("dtype_check", {})
+            models = block.get("models") or list(specs)
+            if check.get("model") is not None and check["model"] not in models:
+                raise ConfigError(f"paperB.dtype_check.model: '{check['model']}' is not a paper B model {models}")
+            if check.get("trait") is not None and check["trait"] not in block.get("traits", []):
+                raise ConfigError(
+                    f"paperB.dtype_check.trait: '{check['trait']}' is not a paper B trait {block.get('traits')}"
+                )

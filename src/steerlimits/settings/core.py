@@ -11,12 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from steerlimits.registry import ModelSpec
+from steerlimits.registry import ModelSource, ModelSpec
 from steerlimits.settings.config import model_specs
 
 __all__ = [
     "Claims",
     "DoseResponse",
+    "Examples",
+    "Manifest",
     "ExtractVectors",
     "PrepareModel",
     "PromptFormat",
@@ -29,6 +31,7 @@ __all__ = [
 ]
 
 PromptFormat = Literal["chat", "raw", "frame"]
+Device = Literal["auto", "cpu", "cuda"]
 Positions = Literal["all", "last_prompt_and_generated"]
 
 
@@ -58,17 +61,18 @@ def scorer_of(config: Mapping[str, Any], behaviour: str) -> str:
 # ------------------------------------------------------------------------------------------------- stages
 @dataclass(frozen=True)
 class PrepareModel:
-    model: ModelSpec
+    model: ModelSource
 
 
 @dataclass(frozen=True)
 class ExtractVectors:
-    model: ModelSpec
+    model: ModelSource
     behaviour: str
     prompt_format: PromptFormat
     max_pairs: int
     batch_size: int
     data_dir: str
+    device: Device
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ class ValidateScorers:
 
 @dataclass(frozen=True)
 class SteerGenerate:
-    model: ModelSpec
+    model: ModelSource
     behaviour: str
     layer: int
     prompt_format: PromptFormat
@@ -95,6 +99,7 @@ class SteerGenerate:
     positions: Positions
     seed: int
     data_dir: str
+    device: Device
 
 
 @dataclass(frozen=True)
@@ -111,18 +116,45 @@ class DoseResponse:
 
 @dataclass(frozen=True)
 class Claims:
-    """Concatenates the papers' claims tables; reads no setting."""
+    """Concatenates the papers' claims tables and links each row to its evidence under ``results/<run>/``."""
+
+    run: str
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Example texts for the report, drawn with the seed."""
+
+    run: str
+    seed: int
+    per_condition: int
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The provenance manifest of a run: records the whole validated config (so any edit re-writes it)."""
+
+    run: str
+    config: dict[str, Any]
+    config_hash: str
 
 
 def prepare_model(config: Mapping[str, Any], model: str) -> PrepareModel:
-    return PrepareModel(model_specs(config)[model])
+    return PrepareModel(ModelSource.of(model_specs(config)[model]))
 
 
 def extract_vectors(config: Mapping[str, Any], model: str, behaviour: str) -> ExtractVectors:
     spec = model_specs(config)[model]
     v = config["vectors"]
-    return ExtractVectors(spec, behaviour, prompt_format_of(config, behaviour, spec), v["max_pairs"],
-                          v["batch_size"], config["data_dir"])
+    return ExtractVectors(
+        ModelSource.of(spec),
+        behaviour,
+        prompt_format_of(config, behaviour, spec),
+        v["max_pairs"],
+        v["batch_size"],
+        config["data_dir"],
+        config["device"],
+    )
 
 
 def validate_scorers(config: Mapping[str, Any]) -> ValidateScorers:
@@ -133,10 +165,23 @@ def validate_scorers(config: Mapping[str, Any]) -> ValidateScorers:
 def steer_generate(config: Mapping[str, Any], model: str, behaviour: str) -> SteerGenerate:
     spec = model_specs(config)[model]
     d = config["steering"]["dose_response"]
-    return SteerGenerate(spec, behaviour, layer_of(config, model), prompt_format_of(config, behaviour, spec),
-                         d["method"], tuple(float(a) for a in d["alphas"]), d["n_generations"], d["max_new_tokens"],
-                         float(d["temperature"]), float(d["top_p"]), d["batch_size"], d["positions"], config["seed"],
-                         config["data_dir"])
+    return SteerGenerate(
+        ModelSource.of(spec),
+        behaviour,
+        layer_of(config, model),
+        prompt_format_of(config, behaviour, spec),
+        d["method"],
+        tuple(float(a) for a in d["alphas"]),
+        d["n_generations"],
+        d["max_new_tokens"],
+        float(d["temperature"]),
+        float(d["top_p"]),
+        d["batch_size"],
+        d["positions"],
+        config["seed"],
+        config["data_dir"],
+        config["device"],
+    )
 
 
 def score_generations(config: Mapping[str, Any], model: str, behaviour: str) -> ScoreGenerations:
@@ -148,4 +193,14 @@ def dose_response(config: Mapping[str, Any]) -> DoseResponse:
 
 
 def claims(config: Mapping[str, Any]) -> Claims:
-    return Claims()
+    return Claims(config["run"])
+
+
+def examples(config: Mapping[str, Any]) -> Examples:
+    return Examples(config["run"], config["seed"], config["report"]["examples"])
+
+
+def manifest(config: Mapping[str, Any]) -> Manifest:
+    from steerlimits.settings.config import config_hash
+
+    return Manifest(config["run"], dict(config), config_hash(config))

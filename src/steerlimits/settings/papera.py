@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from steerlimits.registry import ModelSpec
+from steerlimits.registry import ModelSource
 from steerlimits.settings.base import from_params
 from steerlimits.settings.config import model_specs
-from steerlimits.settings.core import PromptFormat, layer_of, prompt_format_of, scorer_of
+from steerlimits.settings.core import Device, PromptFormat, layer_of, prompt_format_of, scorer_of
 
 __all__ = [
     "SPEC_DEFAULT",
@@ -57,12 +57,13 @@ class VectorSite:
 class PaperAContext:
     """One model's paper-A setting: which vectors this stage loads, where they act, and the master seed."""
 
-    model: ModelSpec
+    model: ModelSource
     method: str
     sites: dict[str, VectorSite]
     seed: int
     data_dir: str
     refusal_trained: bool
+    device: Device  # auto / cpu / cuda: where the model runs (docs/howto/run-on-a-gpu.md)
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class E1:
     certify: int | Literal["all"]  # this model's value of paperA.e1.certify (else certify_default)
     certify_prompts: int
     screen_dtype: Literal["bfloat16", "float32"]
+    cross_check: int  # this model's value of paperA.e1.cross_check (else cross_check_default)
+    cold_prompts: int
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class E3:
     demo_tokens: int
     pool: int
     batch_size: int
+    neutral: bool  # neutral demonstrations of the same lengths (control of A8)
 
 
 @dataclass(frozen=True)
@@ -112,9 +116,16 @@ class E4:
     n_virtual: int
     tuning_steps: int
     lr: float
+    lr_units: Literal["embedding_std", "absolute"]
     gcg_steps: int
     gcg_width: int
     gcg_topk: int
+    gcg_n_replace: int
+    gcg_buffer: int
+    gcg_screen: Literal["float32", "bfloat16"]
+    gcg_verify: int
+    tuning_loss: Literal["activation", "cross_entropy"]
+    control_k: int
     modes: tuple[Literal["replacement", "prefix"], ...]
 
 
@@ -124,7 +135,9 @@ class E5:
     p_values: tuple[int, ...]
     steps: int
     lr: float
+    lr_units: Literal["embedding_std", "absolute"]
     init_scale: float
+    warm_start: bool
 
 
 @dataclass(frozen=True)
@@ -215,11 +228,13 @@ class PaperAClaims:
 
 #: The papers' "Default" sizes (per model), for recording every reduction of a run's sizes against them.
 SPEC_DEFAULT: dict[str, dict[str, int]] = {
-    "e1": {"n_candidates": 128}, "e2": {"n_prompts": 3, "n_candidates": 64},
+    "e1": {"n_candidates": 128},
+    "e2": {"n_prompts": 3, "n_candidates": 64},
     "e3": {"n_prompts": 3, "y_tokens": 32, "demo_tokens": 48},
     "e4": {"n_prompts": 2, "tuning_steps": 50, "gcg_steps": 20, "gcg_width": 64, "y_tokens": 32},
-    "e5": {"n_prompts": 1, "steps": 40, "p_values": 25}, "e6": {"n_prompts": 3, "y_tokens": 32},
-}
+    "e5": {"n_prompts": 1, "steps": 40, "p_values": 6},
+    "e6": {"n_prompts": 3, "y_tokens": 32},
+}  # e5.p_values: issue 10 set the default column to p in {1, 2, 4, 8, 16, 25}, warm-started
 
 
 def reductions(pa: Mapping[str, Any], section: str) -> tuple[str, ...]:
@@ -243,9 +258,18 @@ def _ctx(config: Mapping[str, Any], model: str, vectors: list[str]) -> PaperACon
     for v in sorted(set(vectors)):
         layer = pa["layers"].get(model, {}).get(v)
         alpha = pa["alpha_overrides"].get(model, {}).get(v, pa["alpha"][v])
-        sites[v] = VectorSite(layer_of(config, model) if layer is None else int(layer), float(alpha),
-                              prompt_format_of(config, v, spec))
-    return PaperAContext(spec, pa["method"], sites, config["seed"], config["data_dir"], spec.refusal_trained)
+        sites[v] = VectorSite(
+            layer_of(config, model) if layer is None else int(layer), float(alpha), prompt_format_of(config, v, spec)
+        )
+    return PaperAContext(
+        ModelSource.of(spec),
+        pa["method"],
+        sites,
+        config["seed"],
+        config["data_dir"],
+        spec.refusal_trained,
+        config["device"],
+    )
 
 
 def _block(cls: type[T], block: Mapping[str, Any], drop: tuple[str, ...] = (), **extra: Any) -> T:
@@ -257,23 +281,37 @@ def _block(cls: type[T], block: Mapping[str, Any], drop: tuple[str, ...] = (), *
 def paperA_inversion(config: Mapping[str, Any], model: str) -> PaperAInversion:
     pa = config["paperA"]
     certify = pa["e1"]["certify"].get(model, pa["e1"]["certify_default"])
-    return PaperAInversion(_ctx(config, model, pa["vectors"]), pa["n_prompts"],
-                           _block(Decoder, pa["decoder"], vectors=pa["vectors"]),
-                           _block(E1, pa["e1"], drop=("certify", "certify_default"), certify=certify),
-                           _block(E2, pa["e2"]), reductions(pa, "e1") + reductions(pa, "e2"))
+    cross = pa["e1"]["cross_check"].get(model, pa["e1"]["cross_check_default"])
+    return PaperAInversion(
+        _ctx(config, model, pa["vectors"]),
+        pa["n_prompts"],
+        _block(Decoder, pa["decoder"], vectors=pa["vectors"]),
+        _block(
+            E1,
+            pa["e1"],
+            drop=("certify", "certify_default", "cross_check", "cross_check_default"),
+            certify=certify,
+            cross_check=cross,
+        ),
+        _block(E2, pa["e2"]),
+        reductions(pa, "e1") + reductions(pa, "e2"),
+    )
 
 
 def paperA_behaviour(config: Mapping[str, Any], model: str) -> PaperABehaviour:
     pa = config["paperA"]
-    return PaperABehaviour(_ctx(config, model, pa["vectors"]), pa["max_new_tokens"],
-                           {v: scorer_of(config, v) for v in pa["vectors"]})
+    return PaperABehaviour(
+        _ctx(config, model, pa["vectors"]), pa["max_new_tokens"], {v: scorer_of(config, v) for v in pa["vectors"]}
+    )
 
 
 def paperA_responses(config: Mapping[str, Any], model: str) -> PaperAResponses:
     pa = config["paperA"]
-    return PaperAResponses(_ctx(config, model, pa["responses"]["vectors"]),
-                           max(pa[e]["n_prompts"] for e in ("e3", "e4", "e6")),
-                           max(pa[e]["y_tokens"] for e in ("e3", "e4", "e6")))
+    return PaperAResponses(
+        _ctx(config, model, pa["responses"]["vectors"]),
+        max(pa[e]["n_prompts"] for e in ("e3", "e4", "e6")),
+        max(pa[e]["y_tokens"] for e in ("e3", "e4", "e6")),
+    )
 
 
 def paperA_e3(config: Mapping[str, Any], model: str) -> PaperAE3:
@@ -288,8 +326,12 @@ def paperA_e4(config: Mapping[str, Any], model: str) -> PaperAE4:
 
 def paperA_e5(config: Mapping[str, Any], model: str) -> PaperAE5:
     pa = config["paperA"]
-    return PaperAE5(_ctx(config, model, pa["responses"]["vectors"]), _block(E5, pa["e5"]), pa["max_new_tokens"],
-                    reductions(pa, "e5"))
+    return PaperAE5(
+        _ctx(config, model, pa["responses"]["vectors"]),
+        _block(E5, pa["e5"]),
+        pa["max_new_tokens"],
+        reductions(pa, "e5"),
+    )
 
 
 def paperA_e6(config: Mapping[str, Any], model: str) -> PaperAE6:

@@ -26,15 +26,50 @@ __all__ = ["STEPS", "Files", "files", "run", "start", "step_function"]
 Files = Mapping[str, Any]  # name -> path (str) or paths (list[str])
 
 STEPS: dict[str, str] = {
-    **{rule: "steerlimits.steps.foundation" for rule in (
-        "prepare_model", "extract_vectors", "validate_scorers", "steer_generate", "score_generations",
-        "dose_response", "claims")},
-    **{rule: "steerlimits.papera.steps" for rule in (
-        "paperA_inversion", "paperA_behaviour", "paperA_responses", "paperA_e3", "paperA_e4", "paperA_e5",
-        "paperA_e6", "paperA_e7", "paperA_tables", "paperA_figures", "paperA_claims")},
-    **{rule: "steerlimits.paperb.steps" for rule in (
-        "paperB_nullspace", "paperB_generate", "paperB_score", "paperB_logits", "paperB_tables", "paperB_claims",
-        "paperB_figures")},
+    **{
+        rule: "steerlimits.steps.foundation"
+        for rule in (
+            "prepare_model",
+            "extract_vectors",
+            "validate_scorers",
+            "steer_generate",
+            "score_generations",
+            "dose_response",
+            "claims",
+            "examples",
+            "manifest",
+        )
+    },
+    **{
+        rule: "steerlimits.papera.steps"
+        for rule in (
+            "paperA_inversion",
+            "paperA_behaviour",
+            "paperA_responses",
+            "paperA_e3",
+            "paperA_e4",
+            "paperA_e5",
+            "paperA_e6",
+            "paperA_e7",
+            "paperA_tables",
+            "paperA_figures",
+            "paperA_claims",
+        )
+    },
+    **{
+        rule: "steerlimits.paperb.steps"
+        for rule in (
+            "paperB_nullspace",
+            "paperB_calibrate",
+            "paperB_generate",
+            "paperB_score",
+            "paperB_logits",
+            "paperB_dtype_check",
+            "paperB_tables",
+            "paperB_claims",
+            "paperB_figures",
+        )
+    },
 }
 
 log = logging.getLogger("steerlimits")
@@ -52,8 +87,9 @@ def start(log_path: str | Path | None, threads: int = 1) -> None:
     if log_path:
         stream = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives for the job
         sys.stderr = stream
-        logging.basicConfig(stream=stream, level=logging.INFO, force=True,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            stream=stream, level=logging.INFO, force=True, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
@@ -78,7 +114,6 @@ def run(smk: Any) -> None:
     value = smk.params.settings
     settings = settings_of(rule, value)
     t0 = time.perf_counter()
-    with job_context(rule=rule, config_hash=config_hash(smk.config), settings=value,
-                     settings_hash=params_hash(value)):
+    with job_context(rule=rule, config_hash=config_hash(smk.config), settings=value, settings_hash=params_hash(value)):
         step_function(rule)(settings, files(smk.input), files(smk.output), log_path)
     log.info("%s done in %.1f s", rule, time.perf_counter() - t0)
