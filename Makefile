@@ -12,7 +12,7 @@ setup:
 	bash scripts/setup.sh
 
 reproduce: setup
-	$(VENV)/snakemake --cores all --configfile config/default.yaml
+	$(VENV)/snakemake --cores all --configfile config/$(RUN).yaml
 
 # Compare the rebuilt tables with the committed ones, and the committed files with results/<run>/MANIFEST.json.
 verify: setup

@@ -1,6 +1,6 @@
 """A finished smoke run in a working folder of its own (for tests that plan or compare against it).
 
-If the repository's own smoke results are complete and up to date (``make test`` builds them before pytest), they
+If COPY_REPOSITORY_SMOKE is set and the repository's own smoke results are up to date, they
 are copied with their Snakemake metadata (modification times kept); otherwise the smoke workflow runs from
 scratch in the folder. Either way the folder holds what an uninterrupted ``snakemake --configfile
 config/smoke.yaml`` writes.
@@ -18,6 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "Snakefile"
 SMOKE = ROOT / "config" / "smoke.yaml"
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+#: Copying the repository's finished smoke run saves a run, but a copy plans differently from a run made in place
+#: (Snakemake re-plans some producers of copied outputs as missing), which the rerun test cannot tell from a real
+#: difference: off until that is understood; the smoke run is made from scratch.
+COPY_REPOSITORY_SMOKE = False
 #: what a smoke run writes, relative to its working folder
 SMOKE_OUTPUTS = ("results/smoke", "figures/smoke")
 
@@ -49,8 +53,11 @@ def repository_smoke_is_current() -> bool:
 
 def build(workdir: Path, cores: int = 2) -> Path:
     """Fill ``workdir`` with a finished smoke run (copied from the repository if current, else run)."""
+    given = os.environ.get("STEERLIMITS_SMOKE_WORKDIR")  # a finished smoke run made in place (saves a run)
+    if given:
+        return Path(given)
     workdir.mkdir(parents=True, exist_ok=True)
-    if repository_smoke_is_current():
+    if COPY_REPOSITORY_SMOKE and repository_smoke_is_current():
         for rel in SMOKE_OUTPUTS:
             shutil.copytree(ROOT / rel, workdir / rel, copy_function=shutil.copy2)
         for model in _smoke_models():
@@ -58,6 +65,7 @@ def build(workdir: Path, cores: int = 2) -> Path:
         shutil.copytree(
             ROOT / ".snakemake" / "metadata", workdir / ".snakemake" / "metadata", copy_function=shutil.copy2
         )
+        (workdir / ".snakemake" / "incomplete").mkdir(parents=True, exist_ok=True)  # Snakemake's persistence expects it
     else:
         res = snakemake(workdir, "--cores", str(cores))
         assert res.returncode == 0, res.stderr[-4000:]

@@ -210,8 +210,22 @@ def load_prepared(spec: ModelSpec | ModelSource, marker: str | Path, device: str
     target = resolve_device(device)
     if target.type != "cpu":
         model = model.to(target)
+        model.register_forward_pre_hook(_inputs_to(target), with_kwargs=True)
         log.info("%s on %s", spec.key, target)
     return model, tok
+
+
+def _inputs_to(device: torch.device) -> Any:
+    """A forward pre-hook that moves tensor arguments (ids, masks, embeddings) to ``device``, so that callers
+    building inputs on the CPU work unchanged on a GPU."""
+
+    def move(x: Any) -> Any:
+        return x.to(device) if isinstance(x, torch.Tensor) else x
+
+    def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
+
+    return hook
 
 
 def marker_sha256(marker: str | Path) -> str | None:

@@ -217,7 +217,10 @@ class TruncatedLM:
 
         handle = self.blocks[self.measure_at - 1].register_forward_hook(stop)
         try:
-            self.model(use_cache=False, **model_kwargs)
+            dev = self.device
+            self.model(
+                use_cache=False, **{k: v.to(dev) if isinstance(v, Tensor) else v for k, v in model_kwargs.items()}
+            )
         except _StopForward as stopped:
             return stopped.output
         finally:

@@ -129,7 +129,9 @@ def screened_sweep(
     sample = torch.randperm(n, generator=gen)[: min(n_random, max(32, n // 16))].to(d16.device)
     best = torch.topk(d16, min(n_best, n), dim=0, largest=False).indices.reshape(-1)
     calib = torch.unique(torch.cat([sample, best]))  # indices into cands
-    d32_cal = full[calib] if full is not None else sweep_distances(tl32, kv32, cands[calib], targets, batch_size)
+    d32_cal = (full[calib] if full is not None else sweep_distances(tl32, kv32, cands[calib], targets, batch_size)).to(
+        d16.device
+    )
     calib_error = float((d16[calib] - d32_cal).abs().max())
     margin = safety * calib_error
     kth = torch.kthvalue(d16, k, dim=0).values  # (K,)
@@ -138,6 +140,7 @@ def screened_sweep(
     rest = need.nonzero().reshape(-1)
     idx = torch.cat([calib, rest])
     d32_rest = full[rest] if full is not None else sweep_distances(tl32, kv32, cands[rest], targets, batch_size)
+    d32_rest = d32_rest.to(d16.device)
     d32 = torch.cat([d32_cal, d32_rest])  # (m, K)
     full_error = float((d16 - full).abs().max()) if full is not None else None  # all targets, like calib_error
     out = []

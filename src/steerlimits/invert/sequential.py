@@ -308,7 +308,7 @@ def _search_position(
             order = head
             if float(dist.min()) > tau and head.numel() < n:
                 rest = (rank_fn or _rank)(tl, prefix, target_t, config)
-                rest = rest[~torch.isin(rest, head.cpu()).to(rest.device)][: n - head.numel()].to(tl.device)
+                rest = rest[~torch.isin(rest, head.to(rest.device))][: n - head.numel()].to(tl.device)
                 d_rest, done_rest = _distances(
                     tl, prefix, target_t, rest, config.batch_size, bar, tau, first=config.first_batch, best_kv=best_kv
                 )

@@ -164,9 +164,9 @@ def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
                 if n == 0 and kind != kinds[0]:
                     continue
                 h = states[(kind, n)]
-                l2 = torch.linalg.vector_norm(h - target, dim=-1).numpy()
-                cos = (1 - torch.nn.functional.cosine_similarity(h, target, dim=-1)).numpy()
-                moved = torch.linalg.vector_norm(h - h0, dim=-1).numpy()
+                l2 = torch.linalg.vector_norm(h - target, dim=-1).cpu().numpy()
+                cos = (1 - torch.nn.functional.cosine_similarity(h, target, dim=-1)).cpu().numpy()
+                moved = torch.linalg.vector_norm(h - h0, dim=-1).cpu().numpy()
                 prefix = [t for d in demos[kind][:n] for t in d]
                 cache = copy.deepcopy(caches[kind][n]) if n else None
                 cont = greedy(ctx.model, ctx.tok, [prefix + x], cfg.y_tokens, past_key_values=cache)[0]

@@ -77,9 +77,11 @@ def nearest_tokens(
 ) -> tuple[list[int], list[float]]:
     """Nearest token (L2) of each row of ``embeds (p, d)`` in ``table (V, d)`` (among ``allowed`` tokens when
     given), and the distance."""
-    ids = torch.arange(table.shape[0]) if allowed is None else allowed.nonzero().reshape(-1)
-    best = torch.full((embeds.shape[0],), float("inf"))
-    arg = torch.zeros(embeds.shape[0], dtype=torch.long)
+    dev = table.device
+    ids = (torch.arange(table.shape[0]) if allowed is None else allowed.nonzero().reshape(-1)).to(dev)
+    embeds = embeds.to(dev)
+    best = torch.full((embeds.shape[0],), float("inf"), device=dev)
+    arg = torch.zeros(embeds.shape[0], dtype=torch.long, device=dev)
     for lo in range(0, ids.numel(), chunk):
         d = torch.cdist(
             embeds.float(), table[ids[lo : lo + chunk]].float(), compute_mode="donot_use_mm_for_euclid_dist"
@@ -184,7 +186,7 @@ def tune(
         return torch.nn.functional.cross_entropy(logits.transpose(1, 2), ys, reduction="none").mean(-1)
 
     best = soft.detach().clone()
-    best_loss = torch.full((len(probs),), math.inf)
+    best_loss = torch.full((len(probs),), math.inf, device=soft.device)
     losses: list[list[float]] = [[] for _ in probs]
     for step in range(steps + 1):
         with torch.enable_grad():
@@ -192,6 +194,7 @@ def tune(
         values = per_row.detach().float()
         for j in range(len(probs)):
             losses[j].append(float(values[j]))
+        best_loss = best_loss.to(values.device)
         better = values < best_loss
         best[better], best_loss[better] = soft.detach()[better], values[better]
         if step == steps:
@@ -372,8 +375,8 @@ def _e4_prompt(
             slots0 = random_slots(ctx.tok, allowed, n_v, torch.Generator().manual_seed(derive_seed(seed, "init")))
             suffix = x[head:] + y
             x_c = x[:head] + random_slots(ctx.tok, allowed, n_v, gen) + x[head:]
-        mask = torch.cat([torch.zeros(n_v), torch.ones(len(seq) - head)])
-        pad = torch.zeros(n_v, steered.shape[1])
+        mask = torch.cat([torch.zeros(n_v), torch.ones(len(seq) - head)]).to(steered.device)
+        pad = torch.zeros(n_v, steered.shape[1], device=steered.device)
         problems[(mode, "steered")] = Problem(
             x[:head], slots0, suffix, torch.cat([pad, steered[head:]]), mask, steered, n_v, y
         )

@@ -85,7 +85,7 @@ def fit_decoder(
     mean = x.mean(0)
     xc = x - mean
     lam = ridge * float(xc.pow(2).sum(0).mean())
-    weight = torch.linalg.solve(xc.T @ xc + lam * torch.eye(x.shape[1], dtype=x.dtype), xc.T @ y)
+    weight = torch.linalg.solve(xc.T @ xc + lam * torch.eye(x.shape[1], dtype=x.dtype, device=x.device), xc.T @ y)
     return LinearDecoder(mean=mean.float(), weight=weight.float(), n_tokens=int(x.shape[0]), ridge=ridge)
 
 

@@ -39,7 +39,7 @@ def cross_prompt(
     s = torch.linalg.vector_norm(ste - nat, dim=-1).mean(-1)
     c = torch.linalg.vector_norm(nat[None, :] - nat[:, None], dim=-1).mean(-1)  # c[i, j] = ‖h(x_j) − h(x_i)‖
     ct = torch.linalg.vector_norm(ste[None, :] - nat[:, None], dim=-1).mean(-1)
-    return s.numpy(), c.numpy(), ct.numpy()
+    return s.cpu().numpy(), c.cpu().numpy(), ct.cpu().numpy()
 
 
 def _rows(

@@ -55,14 +55,14 @@ def fit_soft_prefix(
     soft = init.clone().requires_grad_(True)
     opt = torch.optim.Adam([soft], lr=lr)
     n_rows, p = init.shape[0], init.shape[1]
-    rest_b = rest.expand(n_rows, -1, -1)
+    rest_b = rest.to(init.device).expand(n_rows, -1, -1)
 
     def mse(s: Tensor) -> Tensor:
         h = tl.run(kv, inputs_embeds=torch.cat([s, rest_b], dim=1))[0][:, p:]
         return (h - target).pow(2).mean(dim=(1, 2))  # (B,)
 
     best = soft.detach().clone()
-    best_loss = torch.full((n_rows,), math.inf)
+    best_loss = torch.full((n_rows,), math.inf, device=soft.device)
     losses: list[list[float]] = [[] for _ in range(n_rows)]
     for step in range(steps + 1):
         with torch.enable_grad():
@@ -70,6 +70,7 @@ def fit_soft_prefix(
         values = per_row.detach()
         for j in range(n_rows):
             losses[j].append(float(values[j]))
+        best_loss = best_loss.to(values.device)
         better = values < best_loss
         best[better], best_loss[better] = soft.detach()[better], values[better]
         if step == steps:
@@ -92,12 +93,13 @@ def _warm_init(
     n_rows, k = prev.shape[0], fresh.shape[0]
     options = [fresh.expand(n_rows, -1, -1), last_header.expand(n_rows, k, -1), prev[:, :1].expand(-1, k, -1)]
     best = torch.cat([options[0], prev], dim=1)
-    best_loss = torch.full((n_rows,), math.inf)
+    best_loss = torch.full((n_rows,), math.inf, device=prev.device)
     for new in options:
         cand = torch.cat([new, prev], dim=1)
         p = cand.shape[1]
         h = tl.run(kv, inputs_embeds=torch.cat([cand, rest.expand(n_rows, -1, -1)], dim=1))[0][:, p:]
         loss = (h - targets).pow(2).mean(dim=(1, 2))
+        best_loss = best_loss.to(loss.device)
         better = loss < best_loss
         best[better], best_loss[better] = cand[better], loss[better]
     return best

@@ -219,7 +219,13 @@ def jacobian_grams(
         for ids in tqdm(prompt_ids, desc=f"jacobian L{layer}", disable=not progress):
             grams.append(
                 ns.logprob_jacobian_grams(
-                    model, torch.tensor([list(ids)]), None, layer, at=at, fisher_mass=fisher_mass, chunk_size=chunk_size
+                    model,
+                    torch.tensor([list(ids)], device=model.device),
+                    None,
+                    layer,
+                    at=at,
+                    fisher_mass=fisher_mass,
+                    chunk_size=chunk_size,
                 )
             )
         return grams

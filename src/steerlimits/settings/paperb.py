@@ -350,7 +350,7 @@ def paperB_generate(config: Mapping[str, Any], model: str, trait: str) -> PaperB
 def paperB_dtype_check(config: Mapping[str, Any]) -> PaperBDtypeCheck:
     pb = config["paperB"]
     chk = pb["dtype_check"]
-    model = chk["model"] or paperB_models(config)[0]
+    model = chk["model"] or sorted(paperB_models(config))[0]  # sorted: YAML mapping order must not matter
     trait = chk["trait"] or pb["traits"][0]
     return PaperBDtypeCheck(
         _ctx(config, model),
