@@ -79,8 +79,9 @@ def job_context(**job: Any) -> Iterator[None]:
 
 
 def is_timing(key: str) -> bool:
-    """A measurement of the run rather than its result: wall times and timings (``wall_s``, ``*_s``, ``timings``)."""
-    return key.endswith(("_s", "_seconds")) or key in ("timings", "timings_s")
+    """A measurement of the run rather than its result: wall times, timings and throughputs (``wall_s``, ``*_s``,
+    ``timings``, ``throughput_*``)."""
+    return key.endswith(("_s", "_seconds")) or key.startswith("throughput") or key in ("timings", "timings_s")
 
 
 def without_timings(obj: Any) -> Any:

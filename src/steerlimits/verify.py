@@ -23,6 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -166,6 +167,11 @@ def compare_files(new: Path, old: Path, rel: str) -> Comparison:
     if rel.endswith(".meta.json"):
         a, b = (without_timings(json.loads(p.read_text())) for p in (new, old))
         return Comparison(rel, a == b, "same record (timings not compared)" if a == b else "sidecar differs")
+    if Path(rel).name == "MANIFEST.json":  # the listed files are compared one by one; runtimes are measurements
+        a, b = (_manifest_core(json.loads(p.read_text())) for p in (new, old))
+        return Comparison(
+            rel, a == b, "same manifest (runtimes, hashes not compared)" if a == b else "manifest differs"
+        )
     if rel.endswith(".csv"):
         try:
             return compare_frames(
@@ -177,6 +183,14 @@ def compare_files(new: Path, old: Path, rel: str) -> Comparison:
             pass
     same = new.read_bytes() == old.read_bytes()
     return Comparison(rel, same, "identical bytes" if same else "bytes differ")
+
+
+def _manifest_core(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest without what differs between two runs of the same jobs: per-job runtimes and the files' hashes
+    (files holding timing columns hash differently; their contents are compared file by file)."""
+    core = {k: v for k, v in manifest.items() if k != "job_runtime"}
+    core["files"] = sorted(manifest.get("files", {}))
+    return dict(without_timings(core))
 
 
 def compare_trees(new_root: Path, old_root: Path, folders: tuple[str, ...]) -> list[Comparison]:
