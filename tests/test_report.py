@@ -3,7 +3,8 @@ the claims grid, and (in a real headless Chromium) shows the grid and a figure.
 
 The browser check needs Debian's chromium and the playwright package (no browser download: it drives
 /usr/bin/chromium); without them it is skipped, unless ``STEERLIMITS_REQUIRE_BROWSER=1`` (CI), which turns the skip
-into a failure. It writes a screenshot of the report's first page beside the report (``report_first_page.png``).
+into a failure. It writes a screenshot of the report's first page beside the report (``report_first_page.png``), in a
+temporary folder of its own (other tests compare the smoke run's results/ and figures/ file by file).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ DOCUTILS_MESSAGE = re.compile(r"\((?:INFO|WARNING|ERROR|SEVERE)/\d\)|System Mess
 
 
 @pytest.fixture(scope="module")
-def report(smoke_run: Path) -> tuple[Path, str]:
-    out = smoke_run / "results" / "smoke" / "report.html"
+def report(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    # outside the smoke run's results/ and figures/: other tests compare those trees file by file
+    out = tmp_path_factory.mktemp("report") / "report.html"
     res = snakemake(smoke_run, "--cores", "1", "--report", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     return out, res.stdout + res.stderr
