@@ -292,9 +292,11 @@ def test_many_shot_cache_reproduces_a_full_pass(ctx: ModelContext) -> None:
     x = ctx.encode("refusal", "write something rude")
     y = [int(t) for t in torch.randint(10, 400, (4,), generator=torch.Generator().manual_seed(1))]
     rows = [{"prompt": 0, "x": x, "y": y, "y_text": "sure"}]
-    res = run_e3(ctx, "refusal", rows, from_params(E3, _settings()["e3"]))
-    demos = demo_pool(ctx, "refusal", 2, 4, 4, ctx.seed, 16)
-    neutral = neutral_pool(ctx, "refusal", [len(d) for d in demos], 4, ctx.seed, 16)
+    cfg = from_params(E3, _settings()["e3"])
+    res = run_e3(ctx, "refusal", rows, cfg)
+    assert cfg.demo_dtype == "bfloat16"  # the demonstrations' writer; the states compared below are float32
+    demos = demo_pool(ctx, "refusal", 2, 4, 4, ctx.seed, cfg.batch_size, cfg.demo_dtype)
+    neutral = neutral_pool(ctx, "refusal", [len(d) for d in demos], 4, ctx.seed, cfg.batch_size, cfg.demo_dtype)
     assert [len(d) for d in neutral] == [len(d) for d in demos]  # same lengths: x at the same positions
     m = LAYER + 1
     target = ctx.states("refusal", x + y, steered=True)

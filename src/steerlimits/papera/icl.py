@@ -29,13 +29,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 from transformers import DynamicCache
 
 from steerlimits import data as D
 from steerlimits.papera.context import ModelContext
 from steerlimits.scoring import is_refusal
 from steerlimits.settings.papera import E3
-from steerlimits.steer import greedy
+from steerlimits.steer import as_dtype, greedy
 
 __all__ = ["demo_pool", "neutral_pool", "run_e3"]
 
@@ -51,14 +52,22 @@ def _requests(ctx: ModelContext, vector: str, label: str, n: int, pool: int, see
 
 
 def demo_pool(
-    ctx: ModelContext, vector: str, n: int, pool: int, demo_tokens: int, seed: int, batch_size: int = 16
+    ctx: ModelContext,
+    vector: str,
+    n: int,
+    pool: int,
+    demo_tokens: int,
+    seed: int,
+    batch_size: int = 16,
+    dtype: str = "float32",
 ) -> list[list[int]]:
     """``n`` demonstrations: seeded draw of training/validation harmful requests (test split excluded, at most
-    ``pool``), each templated + its greedy completion under directional ablation (left-padded batches) + EOS."""
+    ``pool``), each templated + its greedy completion under directional ablation (left-padded batches, written
+    by the model in ``dtype``) + EOS."""
     eos = int(ctx.tok.eos_token_id)
     requests = _requests(ctx, vector, "harmful", n, pool, seed)
     completions = greedy(
-        ctx.model,
+        as_dtype(ctx.model, dtype),
         ctx.tok,
         requests,
         demo_tokens,
@@ -70,7 +79,13 @@ def demo_pool(
 
 
 def neutral_pool(
-    ctx: ModelContext, vector: str, lengths: Sequence[int], pool: int, seed: int, batch_size: int = 16
+    ctx: ModelContext,
+    vector: str,
+    lengths: Sequence[int],
+    pool: int,
+    seed: int,
+    batch_size: int = 16,
+    dtype: str = "float32",
 ) -> list[list[int]]:
     """One neutral demonstration per entry of ``lengths``, exactly that long: a templated harmless request (seeded
     order, test split excluded; one short enough for the length) + its natural greedy completion with EOS
@@ -89,7 +104,12 @@ def neutral_pool(
     need = [length - len(requests[j]) - 1 for length, j in zip(lengths, chosen)]
     width = max(need)
     completions = greedy(
-        ctx.model, ctx.tok, [requests[j] for j in chosen], width, min_new_tokens=width, batch_size=batch_size
+        as_dtype(ctx.model, dtype),
+        ctx.tok,
+        [requests[j] for j in chosen],
+        width,
+        min_new_tokens=width,
+        batch_size=batch_size,
     )
     out = []
     for j, n_new, comp in zip(chosen, need, completions):
@@ -121,11 +141,13 @@ def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
     rows, pos_rows, notes = [], [], []
     prompts = list(responses)[: cfg.n_prompts]
     longest = max(len(r["x"]) + len(r["y"][: cfg.y_tokens]) for r in prompts) + cfg.y_tokens
-    demos = {"icl": demo_pool(ctx, vector, max(shots), cfg.pool, cfg.demo_tokens, seed, cfg.batch_size)}
+    demos = {"icl": demo_pool(ctx, vector, max(shots), cfg.pool, cfg.demo_tokens, seed, cfg.batch_size, cfg.demo_dtype)}
     if len(demos["icl"]) < max(shots):
         notes.append(f"pool has {len(demos['icl'])} demonstrations: N capped")
     demos["neutral"] = (
-        neutral_pool(ctx, vector, [len(d) for d in demos["icl"]], cfg.pool, seed, cfg.batch_size) if cfg.neutral else []
+        neutral_pool(ctx, vector, [len(d) for d in demos["icl"]], cfg.pool, seed, cfg.batch_size, cfg.demo_dtype)
+        if cfg.neutral
+        else []
     )
     kinds = [k for k in KINDS if demos[k]]
     lengths = np.cumsum([0] + [len(d) for d in demos["icl"]])
@@ -133,7 +155,7 @@ def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
     if len(usable) < len(shots):
         notes.append(f"N limited to {usable} by the context limit {limit} / pool")
     caches = {k: _caches(ctx, demos[k], usable) for k in kinds}
-    for r in prompts:
+    for r in tqdm(prompts, desc=f"E3 {ctx.key}/{vector} prompts"):
         x, y = list(r["x"]), list(r["y"])[: cfg.y_tokens]
         if not y:
             notes.append(f"prompt {r['prompt']}: empty steered response, skipped")

@@ -106,6 +106,7 @@ class E3:
     demo_tokens: int
     pool: int
     batch_size: int
+    demo_dtype: Literal["float32", "bfloat16"]  # the demonstrations' writer; every measurement stays float32
     neutral: bool  # neutral demonstrations of the same lengths (control of A8)
 
 
