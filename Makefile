@@ -44,4 +44,5 @@ test: setup
 bench: setup
 	$(VENV)/python bench/bench_generate.py --threads 1
 	$(VENV)/python bench/bench_generate_bf16.py --threads 1
+	$(VENV)/python bench/bench_generate_bf16.py --threads 1 --path greedy --tokens 48
 	$(VENV)/python bench/bench_invert.py --threads 1

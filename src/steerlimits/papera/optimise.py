@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,7 +56,7 @@ from steerlimits.seeds import derive_seed
 from steerlimits.settings.papera import E4
 from steerlimits.steer import greedy
 
-__all__ = ["Problem", "curve_rows", "nearest_tokens", "random_slots", "run_e4", "spans", "tune"]
+__all__ = ["Problem", "curve_rows", "minimise_rows", "nearest_tokens", "random_slots", "run_e4", "spans", "tune"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,10 +162,7 @@ def tune(
     """Free slot embeddings for ``B`` problems with the same header and shapes (a steered target and its control),
     optimised in one batched forward: Adam(W) on the activation loss (sum over compared positions of
     ``‖h_t − target_t‖²``, header cached) or on the cross-entropy of each problem's ``y``. ``init (B, S, d)``.
-    Returns each row's best iterate and its loss before each step plus the final one; gradients are taken with
-    respect to the slots only (the model's parameters never receive any)."""
-    soft = init.clone().requires_grad_(True)
-    opt = (torch.optim.AdamW if decoupled else torch.optim.Adam)([soft], lr=lr)
+    Returns each row's best iterate and its loss before each step plus the final one (:func:`minimise_rows`)."""
     header = probs[0].header
     with torch.no_grad():
         kv = tl.extend_many(PrefixKV(), torch.tensor(header))[0] if header else PrefixKV()
@@ -185,14 +182,27 @@ def tune(
         ).logits[:, :-1]
         return torch.nn.functional.cross_entropy(logits.transpose(1, 2), ys, reduction="none").mean(-1)
 
+    return minimise_rows(objective, init, steps, lr, decoupled=decoupled)
+
+
+def minimise_rows(
+    objective: Callable[[Tensor], Tensor], init: Tensor, steps: int, lr: float, *, decoupled: bool = False
+) -> tuple[Tensor, list[list[float]]]:
+    """Adam (``decoupled``: AdamW) on ``B`` independent rows at once: ``objective (B, ...) -> (B,)`` is evaluated in
+    one batched forward and the sum of its rows is differentiated (Adam is elementwise, so each row moves as if
+    alone). Returns each row's best iterate (its initialisation included) and its loss before each step plus the
+    final one; gradients are taken with respect to the rows only."""
+    soft = init.clone().requires_grad_(True)
+    opt = (torch.optim.AdamW if decoupled else torch.optim.Adam)([soft], lr=lr)
+    n_rows = init.shape[0]
     best = soft.detach().clone()
-    best_loss = torch.full((len(probs),), math.inf, device=soft.device)
-    losses: list[list[float]] = [[] for _ in probs]
+    best_loss = torch.full((n_rows,), math.inf, device=soft.device)
+    losses: list[list[float]] = [[] for _ in range(n_rows)]
     for step in range(steps + 1):
         with torch.enable_grad():
             per_row = objective(soft)
         values = per_row.detach().float()
-        for j in range(len(probs)):
+        for j in range(n_rows):
             losses[j].append(float(values[j]))
         best_loss = best_loss.to(values.device)
         better = values < best_loss

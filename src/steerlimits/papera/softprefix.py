@@ -32,7 +32,7 @@ from torch import Tensor
 
 from steerlimits.invert import PrefixKV, TruncatedLM, embedding_matrix
 from steerlimits.papera.context import ModelContext
-from steerlimits.papera.optimise import curve_rows, nearest_tokens, spans
+from steerlimits.papera.optimise import curve_rows, minimise_rows, nearest_tokens, spans
 from steerlimits.scoring import is_refusal
 from steerlimits.seeds import derive_seed
 from steerlimits.settings.papera import E5
@@ -50,10 +50,8 @@ def fit_soft_prefix(
     prefixes at once (one batched forward; Adam is elementwise, so each row is optimised as if alone).
 
     ``rest (R, d)`` embeddings shared by the rows, ``target (B, R, d)``, ``init (B, p, d)``. Returns each row's best
-    iterate (its initialisation included) ``(B, p, d)`` and its loss before each step plus the final one. Gradients
-    are taken with respect to the slots only (the model's parameters never receive any)."""
-    soft = init.clone().requires_grad_(True)
-    opt = torch.optim.Adam([soft], lr=lr)
+    iterate (its initialisation included) ``(B, p, d)`` and its loss before each step plus the final one
+    (:func:`steerlimits.papera.optimise.minimise_rows`)."""
     n_rows, p = init.shape[0], init.shape[1]
     rest_b = rest.to(init.device).expand(n_rows, -1, -1)
 
@@ -61,24 +59,7 @@ def fit_soft_prefix(
         h = tl.run(kv, inputs_embeds=torch.cat([s, rest_b], dim=1))[0][:, p:]
         return (h - target).pow(2).mean(dim=(1, 2))  # (B,)
 
-    best = soft.detach().clone()
-    best_loss = torch.full((n_rows,), math.inf, device=soft.device)
-    losses: list[list[float]] = [[] for _ in range(n_rows)]
-    for step in range(steps + 1):
-        with torch.enable_grad():
-            per_row = mse(soft)
-        values = per_row.detach()
-        for j in range(n_rows):
-            losses[j].append(float(values[j]))
-        best_loss = best_loss.to(values.device)
-        better = values < best_loss
-        best[better], best_loss[better] = soft.detach()[better], values[better]
-        if step == steps:
-            break
-        with torch.enable_grad():
-            (soft.grad,) = torch.autograd.grad(per_row.sum(), soft)
-        opt.step()
-    return best, losses
+    return minimise_rows(mse, init, steps, lr)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, get_type_hints
 
+from steerlimits.rules import RULES
 from steerlimits.settings import core, papera, paperb
 from steerlimits.settings.base import canonical_json, from_params, params_hash, to_params
 from steerlimits.settings.config import (
@@ -43,46 +44,10 @@ __all__ = [
     "validate_config",
 ]
 
+#: each group's module of resolvers (rule groups: :data:`steerlimits.rules.RULES`)
+_MODULES = {"foundation": core, "paperA": papera, "paperB": paperb}
 STAGES: dict[str, Callable[..., Any]] = {
-    "prepare_model": core.prepare_model,
-    "extract_vectors": core.extract_vectors,
-    "validate_scorers": core.validate_scorers,
-    "steer_generate": core.steer_generate,
-    "score_generations": core.score_generations,
-    "dose_response": core.dose_response,
-    "claims": core.claims,
-    "examples": core.examples,
-    "manifest": core.manifest,
-    **{
-        name: getattr(papera, name)
-        for name in (
-            "paperA_inversion",
-            "paperA_behaviour",
-            "paperA_responses",
-            "paperA_e3",
-            "paperA_e4",
-            "paperA_e5",
-            "paperA_e6",
-            "paperA_e7",
-            "paperA_tables",
-            "paperA_figures",
-            "paperA_claims",
-        )
-    },
-    **{
-        name: getattr(paperb, name)
-        for name in (
-            "paperB_nullspace",
-            "paperB_calibrate",
-            "paperB_generate",
-            "paperB_score",
-            "paperB_logits",
-            "paperB_dtype_check",
-            "paperB_tables",
-            "paperB_claims",
-            "paperB_figures",
-        )
-    },
+    rule: getattr(_MODULES[group], rule) for group, rules in RULES.items() for rule in rules
 }
 
 

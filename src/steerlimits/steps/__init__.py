@@ -21,56 +21,19 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from steerlimits.rules import RULES
+
 __all__ = ["STEPS", "Files", "files", "run", "start", "step_function"]
 
 Files = Mapping[str, Any]  # name -> path (str) or paths (list[str])
 
-STEPS: dict[str, str] = {
-    **{
-        rule: "steerlimits.steps.foundation"
-        for rule in (
-            "prepare_model",
-            "extract_vectors",
-            "validate_scorers",
-            "steer_generate",
-            "score_generations",
-            "dose_response",
-            "claims",
-            "examples",
-            "manifest",
-        )
-    },
-    **{
-        rule: "steerlimits.papera.steps"
-        for rule in (
-            "paperA_inversion",
-            "paperA_behaviour",
-            "paperA_responses",
-            "paperA_e3",
-            "paperA_e4",
-            "paperA_e5",
-            "paperA_e6",
-            "paperA_e7",
-            "paperA_tables",
-            "paperA_figures",
-            "paperA_claims",
-        )
-    },
-    **{
-        rule: "steerlimits.paperb.steps"
-        for rule in (
-            "paperB_nullspace",
-            "paperB_calibrate",
-            "paperB_generate",
-            "paperB_score",
-            "paperB_logits",
-            "paperB_dtype_check",
-            "paperB_tables",
-            "paperB_claims",
-            "paperB_figures",
-        )
-    },
+#: the module holding each group's step functions (rule groups: :data:`steerlimits.rules.RULES`)
+_MODULES = {
+    "foundation": "steerlimits.steps.foundation",
+    "paperA": "steerlimits.papera.steps",
+    "paperB": "steerlimits.paperb.steps",
 }
+STEPS: dict[str, str] = {rule: _MODULES[group] for group, rules in RULES.items() for rule in rules}
 
 log = logging.getLogger("steerlimits")
 
