@@ -73,6 +73,12 @@ def test_report_renders_the_claims_grid_and_a_figure_in_chromium(report: tuple[P
         grid.wait_for(state="visible", timeout=30_000)
         body = page.inner_text("body")
         assert "Paper A" in body and "Paper B" in body and grid.locator("tr").count() > 3
+        # the page opens at the grid's first rows, and the grid is not squeezed into Snakemake's narrow text column
+        box = page.evaluate(
+            "(() => { const r = document.querySelector('table.claims-grid').getBoundingClientRect(); "
+            "return [r.top, r.width]; })()"
+        )
+        assert box[0] >= 0 and box[1] > 700, f"claims grid at top {box[0]:.0f} px, {box[1]:.0f} px wide"
         shot = path.with_name("report_first_page.png")
         page.screenshot(path=str(shot), full_page=False)
         # a figure: the report embeds each PNG as base64; Chromium must decode the first one to a real image
