@@ -59,7 +59,7 @@ rule paperA_inversion:
     threads: 1  # one torch thread per job: parallel jobs, no oversubscription on small machines
     resources:
         mem_mb=8000,
-        runtime=60,
+        runtime=180,  # minutes (a SLURM time limit): Qwen2.5-0.5B took about an hour at one thread
     params:
         settings=settings("paperA_inversion"),
     script:
@@ -132,7 +132,7 @@ rule paperA_e3:
     threads: 1
     resources:
         mem_mb=8000,
-        runtime=30,
+        runtime=90,  # minutes: Qwen2.5-0.5B took 15-30 min at one thread
     params:
         settings=settings("paperA_e3"),
     script:
@@ -158,7 +158,7 @@ rule paperA_e4:
     threads: 1
     resources:
         mem_mb=8000,
-        runtime=30,
+        runtime=90,  # minutes: Qwen2.5-0.5B took 15-30 min at one thread
     params:
         settings=settings("paperA_e4"),
     script:
@@ -184,7 +184,7 @@ rule paperA_e5:
     threads: 1
     resources:
         mem_mb=8000,
-        runtime=30,
+        runtime=90,  # minutes: Qwen2.5-0.5B took 15-30 min at one thread
     params:
         settings=settings("paperA_e5"),
     script:
