@@ -2,8 +2,8 @@
 distance ``‖h^m(prefix; c) − target‖`` over random candidates ``c``, in float32 (the reference), with a bf16 copy of
 the model (what :func:`steerlimits.invert.certify` screens with today) and under CPU autocast (bf16 matrix
 multiplications, float32 residual stream). Prints each path's time and its largest and 99th-percentile absolute
-error against float32, beside the median distance: a screen whose error is comparable to the distances
-re-verifies every candidate.
+error against float32, absolute and relative to the screened distance (the certifier's margin is relative), beside
+the median distance: a screen whose relative error reaches 1 re-verifies every candidate.
 
 Usage: ``HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_screen_error.py [--model smollm2-135m] [--prefix 4]
 [--n 4096] [--threads 1]`` (the prefix is the first ``--prefix`` tokens of a chat-templated prompt; the target is
@@ -22,7 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from steerlimits.invert import PrefixKV, TruncatedLM, bf16_copy  # noqa: E402
-from steerlimits.invert.screen import sweep_distances  # noqa: E402
+from steerlimits.invert.screen import relative_error, sweep_distances  # noqa: E402
 from steerlimits.models import load_model  # noqa: E402
 
 
@@ -64,9 +64,11 @@ def main() -> None:
     print(f"  float32          {t32:6.1f} s")
     for label, d, t in (("bf16 copy", d16, t16), ("autocast bf16", dac, tac)):
         err = (d - d32).abs().reshape(-1)
+        rel = relative_error(d, d32).reshape(-1)
         print(
             f"  {label:<16} {t:6.1f} s  max error {float(err.max()):.3g}, 99th percentile "
-            f"{float(err.quantile(0.99)):.3g}  ({t32 / t:.1f}x faster)"
+            f"{float(err.quantile(0.99)):.3g}; relative to the screened distance: max {float(rel.max()):.3g}, "
+            f"99th percentile {float(rel.quantile(0.99)):.3g}  ({t32 / t:.1f}x faster)"
         )
 
 

@@ -263,6 +263,34 @@ def test_certificates_match_the_full_pass_oracle(ctx: ModelContext, screen: str)
         assert all(sw.safety == pytest.approx(info["safety_used"]) for sw in late)  # scaled after the check
 
 
+def test_unscreenable_positions_move_to_alternates(ctx: ModelContext) -> None:
+    """A sweep whose relative margin is >= 1 (forced here by a huge safety factor) is not run in float32 with
+    ``swap``: the position moves to the item's next alternate, the certificate there equals the oracle's and
+    records ``swapped_from``; an item without alternates (a rider) is dropped. Without ``swap`` the same
+    position is certified by a float32 sweep of every token."""
+    m = LAYER + 1
+    ids = ctx.encode("refusal", "explain the weather")
+    natural, _ = natural_states(ctx.model, ids, m)
+    vocab = ctx.model.get_input_embeddings().weight.shape[0]
+    items = [
+        CertItem(key=("nat",), recovered=ids, target=natural, positions=[3], tau=1e-3, alternates=[5, 6]),
+        CertItem(key=("rider",), recovered=ids, target=natural, positions=[3], tau=1e-3),
+    ]
+    out, info = certify(ctx.model, items, m, top_k=5, safety=1e9, swap=True)
+    assert [(c.item.key, c.position, c.swapped_from) for c in out] == [(("nat",), 6, 3)]  # 5 swapped on too
+    assert {"key": ["rider"], "from": 3, "to": None} in info["swaps"]
+    assert {"key": ["nat"], "from": 3, "to": 5} in info["swaps"] and {"key": ["nat"], "from": 5, "to": 6} in info[
+        "swaps"
+    ]
+    cert = out[0]
+    tokens, dists = reference_sweep(ctx.model, torch.tensor(ids[:6]), natural[6], m, top_k=5)
+    assert cert.sweep.tokens == tokens.tolist() and cert.sweep.n_verified == vocab  # no alternate left: float32
+    np.testing.assert_allclose(cert.sweep.dists, dists.numpy(), rtol=1e-4, atol=1e-4)
+    kept, info = certify(ctx.model, items[:1], m, top_k=5, safety=1e9, swap=False)
+    assert [(c.position, c.swapped_from) for c in kept] == [(3, None)] and not info["swaps"]
+    assert kept[0].sweep.margin >= 1 and kept[0].sweep.n_verified == vocab
+
+
 def test_cold_start_finds_no_closer_state_than_the_displacement(ctx: ModelContext) -> None:
     setup = _setup(ctx, n_candidates=64)
     prompts = ctx.prompt_ids("persona_evil", 1)

@@ -9,10 +9,9 @@ candidates ``c`` are scored in batches through blocks ``0 … m-1`` only, and th
 * ``mode="exhaustive"``: the whole vocabulary is swept; the position is *certified*: the minimum over 𝒱 given
   ``ŝ_<t`` (not over all sequences); with ``early_exit`` a position stops at the first batch (ranked order,
   batches ramping up from 32) that reaches ``tau_exact``: exact, but then not certified. With
-  ``screen_dtype="bfloat16"`` a bf16 copy screens 𝒱 and every candidate within ``2 × margin`` of the k-th
-  smallest screened distance is re-verified in float32 (:mod:`steerlimits.invert.screen`, the one certifier:
-  ``margin = screen_safety ×`` the largest ``|δ_bf16 − δ_fp32|`` on a calibration set); the margin is stored
-  with the certificate.
+  ``screen_dtype="bfloat16"`` a bf16 copy screens 𝒱 and every candidate that a relative margin cannot exclude
+  is re-verified in float32 (:mod:`steerlimits.invert.screen`, the one certifier: ``ρ = screen_safety ×`` the
+  largest ``|δ_bf16 − δ_fp32| / δ_bf16`` on a random calibration sample); ρ is stored with the certificate.
 
 Gradient ranking (``grad_steps = 0``, the default; first-order, as GCG's one-hot gradients): with
 ``L(e) = ‖h^m_t(ŝ_<t, e) − target_t‖²`` for a continuous input embedding ``e`` at ``t``, order 1 sorts
@@ -79,7 +78,7 @@ class InversionConfig:
     early_exit: bool = True  # stop verifying at a position once the best distance <= tau_exact
     first_batch: int = 32  # early exit: size of the first verified batch (it doubles up to batch_size)
     screen_dtype: Literal["float32", "bfloat16"] = "float32"  # bf16 screen (exhaustive; no early exit)
-    screen_safety: float = 2.0  # measured bf16-fp32 margin is multiplied by this
+    screen_safety: float = 2.0  # the measured relative bf16-fp32 error is multiplied by this
     seed: int = 0
     layers_path: str | None = None
 
@@ -109,9 +108,9 @@ class PositionResult:
     certified: bool  # all of 𝒱 covered: topk_dist[0] is the minimum over 𝒱 given ŝ_<t (bf16: given margin)
     exact: bool  # topk_dist[0] <= tau_exact
     n_screened: int = 0  # bf16 screening evaluations
-    screen_margin: float | None = None  # bf16-fp32 margin used (measured max x screen_safety)
-    screen_calib_error: float | None = None  # max |d_bf16 - d_fp32| on the calibration set
-    screen_full_error: float | None = None  # cross-check: max |d_bf16 - d_fp32| over every candidate
+    screen_margin: float | None = None  # relative bf16-fp32 margin used (calibration max x screen_safety)
+    screen_calib_error: float | None = None  # max |d_bf16 - d_fp32| / d_bf16 on the random calibration sample
+    screen_full_error: float | None = None  # cross-check: the same over every excludable candidate
     screen_topk_ok: bool | None = None  # cross-check: the screened top-k equals the float32 top-k
     wall_s: float = 0.0
 

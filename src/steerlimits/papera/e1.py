@@ -134,6 +134,14 @@ def _audit_positions(run: PromptRun, mode: str | int) -> list[int]:
     return sorted(set(_spread(shared, n_shared)) | set(_spread(own, k - n_shared)))
 
 
+def _alternates(run: PromptRun, chosen: list[int]) -> list[int]:
+    """Replacement positions for a scheduled position whose bf16 screen is unusable: the prompt's own positions
+    (after the shared header) not already chosen, nearest to the middle of the prompt first."""
+    own = [t for t in range(max(run.header_len, 1), len(run.ids)) if t not in chosen]
+    mid = (max(run.header_len, 1) + len(run.ids) - 1) / 2
+    return sorted(own, key=lambda t: (abs(t - mid), t))
+
+
 def _spread(items: list[Any], k: int) -> list[Any]:
     """``k`` elements of ``items`` spread evenly (first and last included)."""
     if k <= 0 or not items:
@@ -276,6 +284,7 @@ def run_e1_e2(ctx: ModelContext, s: PaperAInversion) -> dict[str, Any]:
                     continue
                 if b["experiment"] == "E1" and b["condition"] in ("natural", "steered"):
                     key = (vector, b["experiment"], b["condition"], b["alpha"], r.prompt_index)
+                    chosen_t = _audit_positions(r, mode)
                     cert_items.setdefault(m, []).append(
                         (
                             b,
@@ -284,8 +293,9 @@ def run_e1_e2(ctx: ModelContext, s: PaperAInversion) -> dict[str, Any]:
                                 key=key,
                                 recovered=r.recovered,
                                 target=r.target,
-                                positions=_audit_positions(r, mode),
+                                positions=chosen_t,
                                 tau=r.tau,
+                                alternates=_alternates(r, chosen_t),
                             ),
                         )
                     )
@@ -324,6 +334,7 @@ def run_e1_e2(ctx: ModelContext, s: PaperAInversion) -> dict[str, Any]:
             screen_dtype=e1.screen_dtype,
             screen_model=screen_model,
             layers_path=ctx.spec.layers_path,
+            swap=e1.screen_swap,
         )
         meta["certification"][m] = {
             **info,
@@ -353,6 +364,7 @@ def run_e1_e2(ctx: ModelContext, s: PaperAInversion) -> dict[str, Any]:
                     "search_dist": search.topk_dist[0],
                     "search_found_min": search.topk_dist[0] <= sw.dists[0] + r.tau,
                     "prefix_is_x": r.recovered[:t] == r.ids[:t],
+                    "swapped_from": cert.swapped_from,
                     "screen": e1.screen_dtype,
                     "margin": sw.margin,
                     "safety": sw.safety,

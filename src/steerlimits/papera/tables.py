@@ -240,8 +240,9 @@ def e6_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def crosscheck_table(certificates: pd.DataFrame) -> pd.DataFrame:
     """bf16 screening cross-check: one row per sweep also run entirely in float32 (model, prompt prefix,
-    position): the calibration set's largest bf16-float32 distance error, the largest over the whole vocabulary,
-    their ratio, the safety factor in force, and whether the screened top-k equals the float32 top-k."""
+    position): the random calibration sample's largest relative bf16-float32 distance error, the largest over
+    every token the screen could have excluded, their ratio, the safety factor in force, and whether the screened
+    top-k equals the float32 top-k."""
     if not len(certificates) or "cross_checked" not in certificates:
         return pd.DataFrame()
     ce = certificates[certificates["cross_checked"].astype(bool)]

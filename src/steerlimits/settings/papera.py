@@ -82,6 +82,7 @@ class E1:
     batch_size: int
     top_k: int
     screen_safety: float
+    screen_swap: bool
     gradient_ranking: bool
     certify: int | Literal["all"]  # this model's value of paperA.e1.certify (else certify_default)
     certify_prompts: int
