@@ -289,6 +289,14 @@ def test_unscreenable_positions_move_to_alternates(ctx: ModelContext) -> None:
     kept, info = certify(ctx.model, items[:1], m, top_k=5, safety=1e9, swap=False)
     assert [(c.position, c.swapped_from) for c in kept] == [(3, None)] and not info["swaps"]
     assert kept[0].sweep.margin >= 1 and kept[0].sweep.n_verified == vocab
+    # a swap that lands on a prefix already swept (for another item) is swept again, not lost
+    late = [
+        CertItem(key=("a",), recovered=ids, target=natural, positions=[5], tau=1e-3),
+        CertItem(key=("b",), recovered=ids, target=natural, positions=[7], tau=1e-3, alternates=[5]),
+    ]
+    again, info = certify(ctx.model, late, m, top_k=5, safety=1e9, swap=True)
+    assert sorted((c.item.key, c.position, c.swapped_from) for c in again) == [(("a",), 5, None), (("b",), 5, 7)]
+    assert again[0].sweep.tokens == again[1].sweep.tokens
 
 
 def test_cold_start_finds_no_closer_state_than_the_displacement(ctx: ModelContext) -> None:

@@ -310,7 +310,8 @@ def certify(
         p16 = Prefixes(
             TruncatedLM(screen_model if screen_model is not None else bf16_copy(model), measure_at, layers_path)
         )
-    # (item index, position, scheduled position it replaces or None)
+    # pending sweeps: prefix -> [(item index, position, scheduled position it replaces or None)]; a swap that lands
+    # on a prefix already swept opens a new pending sweep of it (rare: alternates are the item's own positions)
     groups: dict[tuple[int, ...], list[tuple[int, int, int | None]]] = {}
     checked: set[tuple[int, ...]] = set()
     used: list[set[int]] = [set(item.positions) for item in items]
@@ -329,16 +330,17 @@ def certify(
                 checked.add(tuple(int(x) for x in item.recovered[:t]))
     ratio, safety_used = 0.0, safety
     out: list[Certificate] = []
-    swaps: list[list[Any]] = []
-    done: set[tuple[int, ...]] = set()
+    swaps: list[dict[str, Any]] = []
+    crossed: set[tuple[int, ...]] = set()  # a prefix is cross-checked once, even if a swap sweeps it again
     bar = tqdm(desc=f"certify m={measure_at}", total=len(groups))
-    while len(done) < len(groups):
-        prefix = min((p for p in groups if p not in done), key=lambda p: (p not in checked, len(p), p))
-        done.add(prefix)
-        members = groups[prefix]
+    while groups:
+        prefix = min(groups, key=lambda p: (p not in checked, len(p), p))
+        members = groups.pop(prefix)
         targets = torch.stack([items[i].target[t].float() for i, t, _ in members])  # (K, d)
         screen = None if p16 is None else (p16.tl, p16.get(prefix))
-        cross = p16 is not None and prefix in checked
+        cross = p16 is not None and prefix in checked and prefix not in crossed
+        if cross:
+            crossed.add(prefix)
         nexts = {i: next((a for a in items[i].alternates if a not in used[i]), None) for i, _, _ in members}
         movable = [i for i, _, _ in members if items[i].alternates]  # items without alternates ride along only
         may_swap = swap and not cross and bool(movable) and all(nexts[i] is not None for i in movable)
@@ -364,7 +366,7 @@ def certify(
                 if alt is not None:  # else a rider: dropped with the position it rode on
                     used[i].add(alt)
                     schedule(i, alt, t if replaces is None else replaces)
-            bar.total = len(groups)
+            bar.total = bar.n + 1 + len(groups)
             logger.info(
                 "prefix length %d: bf16 screen unusable (relative margin %.3g >= 1), %d position(s) swapped, %.1f s",
                 len(prefix),
@@ -398,6 +400,6 @@ def certify(
     return out, {
         "measured_ratio": ratio,
         "safety_used": safety_used,
-        "n_cross_checked": len(checked),
+        "n_cross_checked": len(crossed),
         "swaps": swaps,
     }
