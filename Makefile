@@ -34,10 +34,11 @@ lint:
 report: setup
 	$(VENV)/snakemake --cores 1 --configfile config/$(RUN).yaml --report results/$(RUN)/report.html
 
-# CI is this target: the smoke workflow first (the tests compare against it), then the tests, linters, report.
+# CI is this target: the smoke workflow first (the tests compare against it, and use it as their finished smoke
+# run instead of making another), then the tests (one worker per core, a test file per worker), linters, report.
 test: setup
 	$(MAKE) smoke
-	$(VENV)/python -m pytest -q
+	STEERLIMITS_SMOKE_WORKDIR=$(CURDIR) $(VENV)/python -m pytest -q -n auto --dist loadfile
 	$(MAKE) lint
 	$(MAKE) report RUN=smoke
 
