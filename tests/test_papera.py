@@ -31,7 +31,7 @@ from steerlimits.papera import claims as C
 from steerlimits.papera import tables as T
 from steerlimits.papera.context import ModelContext, common_prefix_len
 from steerlimits.papera.e1 import special_ids
-from steerlimits.papera.icl import demo_pool, neutral_pool, run_e3
+from steerlimits.papera.icl import demo_pool, distinct_fraction, neutral_pool, run_e3
 from steerlimits.papera.inversion import SearchSetup, invert_condition, natural_states
 from steerlimits.papera.optimise import nearest_tokens
 from steerlimits.papera.ranking import DecoderRank, _interleave, fit_decoder
@@ -331,9 +331,12 @@ def test_many_shot_cache_reproduces_a_full_pass(ctx: ModelContext) -> None:
     cfg = from_params(E3, _settings()["e3"])
     res = run_e3(ctx, "refusal", rows, cfg)
     assert cfg.demo_dtype == "bfloat16"  # the demonstrations' writer; the states compared below are float32
-    demos = demo_pool(ctx, "refusal", 2, 4, 4, ctx.seed, cfg.batch_size, cfg.demo_dtype)
-    neutral = neutral_pool(ctx, "refusal", [len(d) for d in demos], 4, ctx.seed, cfg.batch_size, cfg.demo_dtype)
+    demos, written = demo_pool(ctx, "refusal", 2, 4, 4, ctx.seed, cfg.batch_size, cfg.demo_dtype)
+    neutral, _ = neutral_pool(ctx, "refusal", [len(d) for d in demos], 4, ctx.seed, cfg.batch_size, cfg.demo_dtype)
     assert [len(d) for d in neutral] == [len(d) for d in demos]  # same lengths: x at the same positions
+    assert all(d[-1 - len(c) : -1] == c for d, c in zip(demos, written))  # completions: the demonstration's tail
+    icl = res["summary"][res["summary"]["kind"] == "icl"]
+    assert icl["demo_distinct"].iloc[0] == pytest.approx(float(np.median([distinct_fraction(c) for c in written])))
     m = LAYER + 1
     target = ctx.states("refusal", x + y, steered=True)
     summary = res["summary"]
@@ -554,6 +557,30 @@ def test_claims_rows_and_thresholds() -> None:
     assert a9["holds"] == "inconclusive" and "positive control failed" in a9["note"]
     t["e4"].loc[(t["e4"]["method"] == "tuned_projected") & (t["e4"]["target"] == "steered"), "ratio_to_delta_h"] = 0.2
     assert C.paper_a_claims(t).set_index("claim_id").loc["A9", "holds"] == "false"  # a method closed the gap
+
+
+def test_distinct_fraction_tells_a_loop_from_text() -> None:
+    assert distinct_fraction([7, 8] * 24) == pytest.approx(2 / 48)
+    assert distinct_fraction(list(range(48))) == 1.0
+    assert math.isnan(distinct_fraction([]))
+
+
+def test_a8_is_na_when_the_ablated_demonstrations_are_degenerate() -> None:
+    t = _synthetic()
+    e3 = [
+        {"model": "m", "vector": "refusal", "prompt": 0, "kind": k, "n_shots": n, "l2_response": l2}
+        | ({"control_gap_closed_response": 0.8} if k == "icl" else {})
+        for k, n, l2 in (("none", 0, 10.0), ("icl", 1, 9.0), ("icl", 2, 8.0), ("neutral", 1, 2.0), ("neutral", 2, 2.0))
+    ]
+    t["e3"] = pd.DataFrame(e3)
+    t["e3"]["demo_distinct"] = [float("nan"), 0.7, 0.7, 0.8, 0.8]
+    t["e3"]["demos_degenerate"] = False
+    a8 = C.paper_a_claims(t).set_index("claim_id").loc["A8"]
+    assert a8["holds"] == "true" and a8["value"] == pytest.approx(0.8)
+    t["e3"]["demo_distinct"] = [float("nan"), 0.05, 0.05, 0.8, 0.8]
+    t["e3"]["demos_degenerate"] = True
+    a8 = C.paper_a_claims(t).set_index("claim_id").loc["A8"]
+    assert a8["holds"] == "na" and "degenerate" in a8["note"] and "0.05" in a8["note"]
 
 
 def _e5(soft: float, proj: float, ctrl: float, dh: float = 1.0) -> pd.DataFrame:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -321,19 +322,29 @@ def paper_a_claims(t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                     f"demonstrations alone give min_N L2/L2(N=0) = {float(neu.min()):.3g}, so most of the "
                     "distance is the demonstrations moving x at all, not towards the steered state"
                 )
-                out.append(
-                    _black_box(
-                        "A8",
-                        model,
-                        vector,
-                        "Many-shot ICL does not close the gap",
-                        "min_{N>=1} L2 / L2 at N=0 (response span, mean over prompts)",
-                        [("many-shot ICL", value, float(ctrl.max()))],
-                        ">=",
-                        0.5,
-                        extra,
-                    )
+                row = _black_box(
+                    "A8",
+                    model,
+                    vector,
+                    "Many-shot ICL does not close the gap",
+                    "min_{N>=1} L2 / L2 at N=0 (response span, mean over prompts)",
+                    [("many-shot ICL", value, float(ctrl.max()))],
+                    ">=",
+                    0.5,
+                    extra,
                 )
+                if "demos_degenerate" in e3 and bool(e3["demos_degenerate"].any()):
+                    distinct = float(e3.loc[kind == "icl", "demo_distinct"].median())
+                    row = replace(
+                        row,
+                        holds="na",
+                        note=(
+                            f"precondition fails: the demonstrations written under refusal ablation are degenerate "
+                            f"(median distinct-token fraction {distinct:.3g}, below paperA.e3.min_demo_distinct), "
+                            f"so this is not the paper's attack. {row.note}"
+                        ),
+                    )
+                out.append(row)
             else:
                 out.append(
                     _row(

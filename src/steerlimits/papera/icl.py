@@ -38,7 +38,7 @@ from steerlimits.scoring import is_refusal
 from steerlimits.settings.papera import E3
 from steerlimits.steer import as_dtype, greedy
 
-__all__ = ["demo_pool", "neutral_pool", "run_e3"]
+__all__ = ["demo_pool", "distinct_fraction", "neutral_pool", "run_e3"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +60,10 @@ def demo_pool(
     seed: int,
     batch_size: int = 16,
     dtype: str = "float32",
-) -> list[list[int]]:
-    """``n`` demonstrations: seeded draw of training/validation harmful requests (test split excluded, at most
-    ``pool``), each templated + its greedy completion under directional ablation (left-padded batches, written
-    by the model in ``dtype``) + EOS."""
+) -> tuple[list[list[int]], list[list[int]]]:
+    """``(demonstrations, completions)``: ``n`` demonstrations, a seeded draw of training/validation harmful requests
+    (test split excluded, at most ``pool``), each templated + its greedy completion under directional ablation
+    (left-padded batches, written by the model in ``dtype``) + EOS; and the completions alone."""
     eos = int(ctx.tok.eos_token_id)
     requests = _requests(ctx, vector, "harmful", n, pool, seed)
     completions = greedy(
@@ -75,7 +75,7 @@ def demo_pool(
         layers_path=ctx.spec.layers_path,
         batch_size=batch_size,
     )
-    return [ids + completion + [eos] for ids, completion in zip(requests, completions)]
+    return [ids + completion + [eos] for ids, completion in zip(requests, completions)], completions
 
 
 def neutral_pool(
@@ -86,10 +86,10 @@ def neutral_pool(
     seed: int,
     batch_size: int = 16,
     dtype: str = "float32",
-) -> list[list[int]]:
-    """One neutral demonstration per entry of ``lengths``, exactly that long: a templated harmless request (seeded
-    order, test split excluded; one short enough for the length) + its natural greedy completion with EOS
-    suppressed, cut to fit, + EOS."""
+) -> tuple[list[list[int]], list[list[int]]]:
+    """``(demonstrations, completions)``: one neutral demonstration per entry of ``lengths``, exactly that long: a
+    templated harmless request (seeded order, test split excluded; one short enough for the length) + its natural
+    greedy completion with EOS suppressed, cut to fit, + EOS; and the completions alone."""
     eos = int(ctx.tok.eos_token_id)
     requests = _requests(ctx, vector, "harmless", pool, pool, seed)
     chosen, used = [], set()
@@ -111,12 +111,13 @@ def neutral_pool(
         min_new_tokens=width,
         batch_size=batch_size,
     )
-    out = []
+    out, written = [], []
     for j, n_new, comp in zip(chosen, need, completions):
         if len(comp) < n_new:
             raise RuntimeError(f"neutral completion stopped at {len(comp)} < {n_new} tokens")
         out.append(requests[j] + comp[:n_new] + [eos])
-    return out
+        written.append(comp[:n_new])
+    return out, written
 
 
 def _caches(ctx: ModelContext, demos: Sequence[Sequence[int]], usable: Sequence[int]) -> dict[int, DynamicCache]:
@@ -141,15 +142,25 @@ def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
     rows, pos_rows, notes = [], [], []
     prompts = list(responses)[: cfg.n_prompts]
     longest = max(len(r["x"]) + len(r["y"][: cfg.y_tokens]) for r in prompts) + cfg.y_tokens
-    demos = {"icl": demo_pool(ctx, vector, max(shots), cfg.pool, cfg.demo_tokens, seed, cfg.batch_size, cfg.demo_dtype)}
+    demos, written = {}, {}
+    demos["icl"], written["icl"] = demo_pool(
+        ctx, vector, max(shots), cfg.pool, cfg.demo_tokens, seed, cfg.batch_size, cfg.demo_dtype
+    )
     if len(demos["icl"]) < max(shots):
         notes.append(f"pool has {len(demos['icl'])} demonstrations: N capped")
-    demos["neutral"] = (
+    demos["neutral"], written["neutral"] = (
         neutral_pool(ctx, vector, [len(d) for d in demos["icl"]], cfg.pool, seed, cfg.batch_size, cfg.demo_dtype)
         if cfg.neutral
-        else []
+        else ([], [])
     )
     kinds = [k for k in KINDS if demos[k]]
+    distinct = {k: float(np.median([distinct_fraction(c) for c in written[k]])) for k in kinds}
+    degenerate = distinct["icl"] < cfg.min_demo_distinct
+    if degenerate:
+        notes.append(
+            f"{vector}: the ablated demonstrations are degenerate (median distinct-token fraction "
+            f"{distinct['icl']:.3g} < {cfg.min_demo_distinct:g}): ablating the direction breaks this model's writing"
+        )
     lengths = np.cumsum([0] + [len(d) for d in demos["icl"]])
     usable = [n for n in shots if n <= len(demos["icl"]) and lengths[n] + longest <= limit]
     if len(usable) < len(shots):
@@ -204,6 +215,8 @@ def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
                     "y_len": len(y),
                     "attack_success": float(not is_refusal(text)),
                     "continuation": text,
+                    "demo_distinct": distinct[kind] if n else float("nan"),
+                    "demos_degenerate": degenerate,
                 }
                 ctrl = states.get(("neutral", n)) if kind == "icl" and n else None
                 for name, sl in spans.items():
@@ -248,4 +261,10 @@ def run_e3(ctx: ModelContext, vector: str, responses: Sequence[Mapping[str, Any]
         "notes": notes,
         "steered_attack_success": [float(not is_refusal(r["y_text"])) for r in prompts],
         "demo_lengths": {k: [len(d) for d in demos[k]] for k in kinds},
+        "demo_distinct": distinct,
     }
+
+
+def distinct_fraction(tokens: Sequence[int]) -> float:
+    """Distinct tokens / tokens of one completion: most of it for prose, near 0 for a loop of a few tokens."""
+    return len(set(tokens)) / len(tokens) if len(tokens) else float("nan")

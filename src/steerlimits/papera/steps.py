@@ -189,6 +189,7 @@ def paperA_e3(s: PaperAE3, inputs: Files, outputs: Files, log_path: str | None) 
         notes=[n for p in parts.values() for n in p["notes"]],
         steered_attack_success={v: p["steered_attack_success"] for v, p in parts.items()},
         demo_lengths={v: p["demo_lengths"] for v, p in parts.items()},
+        demo_distinct={v: p["demo_distinct"] for v, p in parts.items()},
         control="reachable target: natural states of [x; y] after N neutral demonstrations of the same "
         "lengths; gap closed = 1 - d(icl_N, neutral_N) / d(x alone, neutral_N)",
     )

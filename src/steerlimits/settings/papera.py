@@ -109,6 +109,7 @@ class E3:
     batch_size: int
     demo_dtype: Literal["float32", "bfloat16"]  # the demonstrations' writer; every measurement stays float32
     neutral: bool  # neutral demonstrations of the same lengths (control of A8)
+    min_demo_distinct: float  # below this median distinct-token fraction the ablated demonstrations are degenerate
 
 
 @dataclass(frozen=True)
