@@ -2,8 +2,9 @@
 running resumes to exactly the outputs of an uninterrupted run, and leaves no partial or temporary file.
 
 The killed run builds the smoke config's first stages only (both models, all their steering vectors and one steered
-generation set: 11 jobs, folder outputs, safetensors, JSONL and sidecars), not the whole DAG: the whole DAG would cost
-CI a third smoke run (the SLURM test runs one, ``make test`` another) without exercising another way of writing.
+generation set: 11 jobs, folder outputs, safetensors, JSONL and sidecars), not the whole DAG, which would cost CI a
+third smoke run (the SLURM test runs one, ``make test`` another). CSV tables and figures are not among these outputs;
+they go through the same writer (``steerlimits.outputs``).
 """
 
 from __future__ import annotations
