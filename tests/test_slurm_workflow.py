@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +24,14 @@ from smoke_workdir import ROOT, SMOKE, SMOKE_OUTPUTS, SNAKEFILE, SNAKEMAKE
 from steerlimits.verify import compare_trees
 
 PROFILE = ROOT / "workflow" / "profiles" / "slurm"
+#: the Snakefile's ``localrules:`` (aggregation rules, run by the main Snakemake process, not submitted)
+_LOCAL = re.search(r"^localrules:\n((?:    \w+,\n)+)", (ROOT / "workflow" / "Snakefile").read_text(), re.M)
+LOCAL_RULES = set(_LOCAL.group(1).replace(",", " ").split()) if _LOCAL else set()
+
+
+def _rule(comment: str) -> str:
+    """The rule of a SLURM job from the plugin's comment, ``rule_<name>`` or ``rule_<name>_wildcards_<values>``."""
+    return re.fullmatch(r"rule_(.+?)(?:_wildcards_.*)?", comment).group(1)  # type: ignore[union-attr]
 
 
 def _unavailable() -> str | None:
@@ -66,11 +75,13 @@ def test_smoke_workflow_through_slurm_matches_the_local_run(smoke_run: Path, tmp
         )
         wall = time.time() - start
         jobs = subprocess.run(
-            ["squeue", "--states=all", "--noheader", "--format=%i %j %T"], capture_output=True, text=True, env=env
+            ["squeue", "--states=all", "--noheader", "--format=%i %k %T"], capture_output=True, text=True, env=env
         ).stdout.split("\n")
     assert res.returncode == 0, res.stderr[-5000:]
-    completed = [j for j in jobs if j.strip().endswith("COMPLETED")]
-    print(f"SLURM smoke run: {wall:.0f} s wall, {len(completed)} SLURM jobs completed")
+    completed = [j.split() for j in jobs if j.strip().endswith("COMPLETED")]
+    on_slurm = {_rule(comment) for _, comment, _ in completed}
+    print(f"SLURM smoke run: {wall:.0f} s wall, {len(completed)} SLURM jobs completed, {len(on_slurm)} rules")
     assert len(completed) >= 40, f"the jobs did not go through SLURM: {jobs[:5]}"
+    assert not on_slurm & LOCAL_RULES, f"local rules went to SLURM: {sorted(on_slurm & LOCAL_RULES)}"
     diffs = [c.line() for c in compare_trees(wd, smoke_run, SMOKE_OUTPUTS) if not c.match]
     assert not diffs, "SLURM outputs differ from the local run:\n" + "\n".join(diffs)
