@@ -12,6 +12,14 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+#: Modules whose tests run first. `make test` runs pytest with one worker per core (pytest-xdist, work stealing):
+#: the SLURM cluster run, the longest test, starts at once on one worker while the other takes the rest.
+FIRST = ("test_slurm_workflow.py", "test_rerun.py", "test_resume.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: FIRST.index(item.path.name) if item.path.name in FIRST else len(FIRST))
+
 
 @pytest.fixture(scope="session")
 def tiny_llama() -> tuple[torch.nn.Module, object]:

@@ -75,6 +75,31 @@ def test_random_model_cache_round_trip(tmp_path: Path) -> None:
     assert torch.equal(m1(ids).logits, m2(ids).logits)
 
 
+def _prepare_if_missing(args: tuple[ModelSpec, str]) -> float:
+    spec, cache = args
+    prepare(spec, Path(cache), if_missing=True)
+    return (Path(cache) / spec.key / "steerlimits_model.json").stat().st_mtime_ns
+
+
+def test_processes_that_need_one_cache_build_it_once(tmp_path: Path) -> None:
+    """Four processes (pytest workers, say) load a missing model at once: one builds it, the others wait for the
+    lock and keep its cache, so every process sees the same marker file and no partial folder is left."""
+    import multiprocessing
+
+    spec = ModelSpec(
+        key="tiny-race",
+        source="random",
+        architecture="llama",
+        random={"n_layers": 2, "d_model": 32, "n_heads": 4, "vocab_size": 256, "seed": 5},
+        n_layers=2,
+        d_model=32,
+    )
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        stamps = pool.map(_prepare_if_missing, [(spec, str(tmp_path))] * 4)
+    assert len(set(stamps)) == 1, "the cache was built more than once"
+    assert not list(tmp_path.glob("*.partial"))
+
+
 @pytest.mark.real_model
 def test_smollm2_cache_matches_gguf() -> None:
     """The float32 cache reproduces the GGUF-loaded model (class, parameter count, logits)."""

@@ -8,11 +8,14 @@ seconds (packages present, GGUF sha256, hub reachable) so that a bad setup fails
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +114,29 @@ def _dequantised_copy(model: Any) -> Any:
     return fresh.eval()
 
 
-def prepare(spec: ModelSpec | ModelSource, cache_dir: Path = DEFAULT_CACHE) -> dict[str, Any]:
-    """Build ``models/<key>/`` (float32 safetensors + tokenizer) and return its metadata."""
+@contextlib.contextmanager
+def _exclusive(cache_dir: Path, key: str) -> Iterator[None]:
+    """Hold ``<cache_dir>/.<key>.lock`` (an ``flock``): one process at a time builds a model's cache, so parallel
+    processes that need the same model (pytest workers, jobs of another run) neither clobber each other's
+    partial folder nor build it twice."""
+    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(cache_dir) / f".{key}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def prepare(
+    spec: ModelSpec | ModelSource, cache_dir: Path = DEFAULT_CACHE, *, if_missing: bool = False
+) -> dict[str, Any]:
+    """Build ``models/<key>/`` (float32 safetensors + tokenizer) and return its metadata; with ``if_missing``, a
+    cache that exists (perhaps built by another process while this one waited for the lock) is kept."""
+    with _exclusive(Path(cache_dir), spec.key):
+        if if_missing and (model_dir(spec.key, cache_dir) / "steerlimits_model.json").exists():
+            return cached_metadata(spec.key, cache_dir)
+        return _build(spec, cache_dir)
+
+
+def _build(spec: ModelSpec | ModelSource, cache_dir: Path) -> dict[str, Any]:
     out = model_dir(spec.key, cache_dir)
     work = Path(cache_dir) / f".{spec.key}.partial"
     shutil.rmtree(work, ignore_errors=True)
@@ -177,7 +201,7 @@ def load_model(
     folder = model_dir(key, cache_dir)
     if not (folder / "steerlimits_model.json").exists():
         log.info("preparing cache for %s in %s", key, folder)
-        prepare(spec, cache_dir)
+        prepare(spec, cache_dir, if_missing=True)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     return model, tok
