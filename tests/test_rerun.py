@@ -18,8 +18,11 @@ Merely re-ordering the keys of every YAML mapping re-plans nothing.
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import json
+import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -166,8 +169,23 @@ def _stage_params(cfg: dict[str, Any], job: dict[str, Any]) -> Any:
 
 @pytest.fixture(scope="module")
 def rerun(smoke_run: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The plans, made once per pytest run: under pytest-xdist the first worker that needs them makes them and the
+    other loads them (from the run's shared temporary folder), instead of planning every config twice."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return _rerun(smoke_run, tmp_path_factory.mktemp("configs"))
+    shared = tmp_path_factory.getbasetemp().parent  # pytest-<n>/, one per run, above every worker's folder
+    with open(shared / "rerun.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        made = shared / "rerun.pickle"
+        if not made.exists():
+            folder = shared / "rerun_configs"
+            folder.mkdir()
+            made.write_bytes(pickle.dumps(_rerun(smoke_run, folder)))
+        return pickle.loads(made.read_bytes())
+
+
+def _rerun(smoke_run: Path, folder: Path) -> dict[str, Any]:
     base = validate_config(yaml.safe_load(SMOKE.read_text()))
-    folder = tmp_path_factory.mktemp("configs")
     muts = _mutations(base, folder)
     files = {}
     for i, (key, cfg) in enumerate(muts):
