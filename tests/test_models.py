@@ -56,15 +56,20 @@ def test_packaged_hashes_verify_and_are_memoised(tmp_path: Path) -> None:
     assert time.time() - t < 0.5
 
 
-def test_random_model_cache_round_trip(tmp_path: Path) -> None:
-    spec = ModelSpec(
-        key="tiny-rt",
+def _random_spec(key: str, architecture: str, seed: int) -> ModelSpec:
+    """A two-layer random-init model (no download), ``d_model`` 32."""
+    return ModelSpec(
+        key=key,
         source="random",
-        architecture="qwen2",
-        random={"n_layers": 2, "d_model": 32, "n_heads": 4, "vocab_size": 256, "seed": 3},
+        architecture=architecture,
+        random={"n_layers": 2, "d_model": 32, "n_heads": 4, "vocab_size": 256, "seed": seed},
         n_layers=2,
         d_model=32,
     )
+
+
+def test_random_model_cache_round_trip(tmp_path: Path) -> None:
+    spec = _random_spec("tiny-rt", "qwen2", seed=3)
     meta = prepare(spec, tmp_path)
     assert meta["layers"] == 2 and meta["d_model"] == 32 and meta["architecture"] == "qwen2"
     assert len(meta["sha256"]) == 64
@@ -86,14 +91,7 @@ def test_processes_that_need_one_cache_build_it_once(tmp_path: Path) -> None:
     lock and keep its cache, so every process sees the same marker file and no partial folder is left."""
     import multiprocessing
 
-    spec = ModelSpec(
-        key="tiny-race",
-        source="random",
-        architecture="llama",
-        random={"n_layers": 2, "d_model": 32, "n_heads": 4, "vocab_size": 256, "seed": 5},
-        n_layers=2,
-        d_model=32,
-    )
+    spec = _random_spec("tiny-race", "llama", seed=5)
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         stamps = pool.map(_prepare_if_missing, [(spec, str(tmp_path))] * 4)
     assert len(set(stamps)) == 1, "the cache was built more than once"

@@ -82,6 +82,7 @@ def test_smoke_workflow_through_slurm_matches_the_local_run(smoke_run: Path, tmp
     on_slurm = {_rule(comment) for _, comment, _ in completed}
     print(f"SLURM smoke run: {wall:.0f} s wall, {len(completed)} SLURM jobs completed, {len(on_slurm)} rules")
     assert len(completed) >= 40, f"the jobs did not go through SLURM: {jobs[:5]}"
+    assert LOCAL_RULES, "no localrules: block found in workflow/Snakefile"
     assert not on_slurm & LOCAL_RULES, f"local rules went to SLURM: {sorted(on_slurm & LOCAL_RULES)}"
     diffs = [c.line() for c in compare_trees(wd, smoke_run, SMOKE_OUTPUTS) if not c.match]
     assert not diffs, "SLURM outputs differ from the local run:\n" + "\n".join(diffs)
