@@ -308,7 +308,7 @@ def logprob_jacobian_gram_autograd(
     zero = torch.zeros(d, device=ids.device, dtype=torch.float32)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="There is a performance drop")
-        jac = torch.func.jacrev(logp, chunk_size=chunk_size)(zero).double()
+        jac = torch.func.jacrev(logp, chunk_size=chunk_size)(zero).double().cpu()  # grams live on the CPU
     return jac.T @ jac
 
 
@@ -442,8 +442,8 @@ def _grams_autograd(
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="There is a performance drop")
-        jac = torch.func.jacrev(logp, chunk_size=chunk_size)(point).double()
-        p = logp(point).double().exp()
+        jac = torch.func.jacrev(logp, chunk_size=chunk_size)(point).double().cpu()  # grams live on the CPU
+        p = logp(point).double().exp().cpu()
     out: dict[str, Any] = {"plain": jac.T @ jac}
     if fisher_mass is not None:
         out.update(fisher=(jac * p[:, None]).T @ jac, fisher_tokens=int(p.numel()), fisher_covered=1.0)

@@ -282,7 +282,7 @@ def greedy(
             if inputs_embeds is not None:
                 call = dict(
                     inputs_embeds=inputs_embeds[None],
-                    attention_mask=torch.ones(1, inputs_embeds.shape[0], dtype=torch.long),
+                    attention_mask=torch.ones(1, inputs_embeds.shape[0], dtype=torch.long, device=inputs_embeds.device),
                 )
                 width = 0  # generate returns only the new tokens for embeddings input
             else:

@@ -185,7 +185,11 @@ def screened_sweep(
     d32_cal = torch.cat([d32_sample, d32_best.to(d32_sample.device)]).to(d16.device)
     # 3. every candidate whose lower bound (1 - margin) * d16 does not clear the k-th verified distance
     upper = torch.kthvalue(d32_cal, min(k, calib.numel()), dim=0).values  # (K,)
-    need = (d16 * (1.0 - margin) <= upper).any(dim=1) if margin < 1.0 else torch.ones(n, dtype=torch.bool)
+    need = (
+        (d16 * (1.0 - margin) <= upper).any(dim=1)
+        if margin < 1.0
+        else torch.ones(n, dtype=torch.bool, device=d16.device)
+    )
     need[calib] = False
     rest = need.nonzero().reshape(-1)
     idx = torch.cat([calib, rest])

@@ -170,7 +170,7 @@ def tune(
     rows = torch.stack([p.target_rows for p in probs])
     mask = torch.stack([p.mask for p in probs])
     head_e = table[torch.tensor(header, dtype=torch.long)].expand(len(probs), -1, -1)
-    ys = torch.tensor([p.y for p in probs])
+    ys = torch.tensor([p.y for p in probs], device=table.device)
     n_y = ys.shape[1]
 
     def objective(s: Tensor) -> Tensor:  # (B,)
@@ -421,6 +421,7 @@ def _e4_prompt(
             else:
                 g = torch.Generator().manual_seed(derive_seed(seed, "soft-init", mode))
                 soft0 = torch.randn(len(pair[0].init), table.shape[1], generator=g) * 0.1 * float(table.std())
+                soft0 = soft0.to(table.device)  # drawn on the CPU: the same draws on every device
             lr = cfg.lr * float(table.std()) if cfg.lr_units == "embedding_std" else cfg.lr
             softs, losses = tune(
                 tl, table, pair, soft0.expand(2, -1, -1), cfg.tuning_steps, lr, loss=cfg.tuning_loss, model=model

@@ -113,11 +113,12 @@ def run_e5(ctx: ModelContext, vector: str, cfg: E5, max_new_tokens: int) -> dict
         )
         best: dict[str, tuple[float, int, Tensor, list[int]]] = {}
         kinds = ("steered", "control")
-        prev = torch.empty(len(kinds), 0, d)
+        prev = torch.empty(len(kinds), 0, d, device=table.device)
         envelope = {k: math.inf for k in kinds}
         for p in p_values:
             g = torch.Generator().manual_seed(derive_seed(seed, "init", p))
-            fresh = torch.randn(p, d, generator=g) * cfg.init_scale * std  # the cold initialisation
+            # the cold initialisation, drawn on the CPU (the same draws on every device)
+            fresh = (torch.randn(p, d, generator=g) * cfg.init_scale * std).to(table.device)
             r_p = control_tokens[max(p_values) - p :].tolist()  # nested: longer = new tokens + shorter
             targets = torch.stack([steered[head:], ctx.states(vector, x[:head] + r_p + x[head:]).detach()[head + p :]])
             if cfg.warm_start and prev.shape[1]:

@@ -252,7 +252,7 @@ def continuation_nll(
         except TypeError:  # a model class without logits_to_keep: every position
             logits = model(**kwargs).logits.float()
         logits = logits[:, -keep:]
-        target = ids[:, -keep + 1 :]
+        target = ids[:, -keep + 1 :].to(logits.device)
         tok_lp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, target[..., None])[..., 0]
         for row, i in enumerate(idx):
             n_c = len(continuations[i])
