@@ -538,6 +538,18 @@ def test_inversion_summary_by_hand() -> None:
     assert md.splitlines()[0] == "| model | condition | top1_mean |" and md.count("\n") == 4
 
 
+def test_a3_note_reports_the_cross_check_and_moved_positions() -> None:
+    """A3's note states what the certificate rests on: the float32 cross-check (sweeps, error ratio, top-k) and
+    how many certified positions were moved off a scheduled position whose bf16 screen could exclude nothing."""
+    t = _synthetic()
+    note = C.paper_a_claims(t).set_index("claim_id").loc["A3", "note"]
+    assert "1 sweep(s) of this model also run entirely in float32" in note and "error 1.5" in note
+    assert "moved from a scheduled position" not in note  # no column, no swaps
+    t["certificates"]["swapped_from"] = [np.nan, 0.0, 0.0]
+    note = C.paper_a_claims(t).set_index("claim_id").loc["A3", "note"]
+    assert "; 2 position(s) moved from a scheduled position whose bf16 screen could exclude no token" in note
+
+
 def test_claims_rows_and_thresholds() -> None:
     claims = C.paper_a_claims(_synthetic()).set_index("claim_id")
     assert claims.loc["A1", "holds"] == "true"
