@@ -54,3 +54,4 @@ bench: setup
 	$(VENV)/python bench/bench_generate_bf16.py --threads 1 --path greedy --tokens 48
 	$(VENV)/python bench/bench_invert.py --threads 1
 	$(VENV)/python bench/bench_screen_error.py --threads 1
+	$(VENV)/python bench/bench_jacobian.py --threads 1

@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 from steerlimits import data as D  # noqa: E402
+from steerlimits.hardware import cpu_info  # noqa: E402
 from steerlimits.models import load_model  # noqa: E402
 from steerlimits.prompting import encode_all  # noqa: E402
 from steerlimits.steer import GenerationConfig, generate  # noqa: E402
@@ -69,3 +70,9 @@ def timed(fn: Callable[[], int]) -> tuple[int, float]:
 def line(label: str, batch: int, n: int, n_tok: int, seconds: float) -> str:
     rate = n_tok / seconds
     return f"{label:>14}: batch {batch:>3}, {n} generations, {n_tok} tokens in {seconds:6.2f} s = {rate:7.1f} tok/s"
+
+
+def cpu_line() -> str:
+    """The CPU a ratio was measured on (bf16 ratios depend on it: native bf16 = AMX or AVX512-BF16)."""
+    c = cpu_info()
+    return f"CPU {c['model']}, {c['torch_capability']}, native bf16: {'yes' if c['native_bf16'] else 'no'}"

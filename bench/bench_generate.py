@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from _harness import line, setup, steered, timed
+from _harness import cpu_line, line, setup, steered, timed
 
 
 def main() -> None:
@@ -25,6 +25,7 @@ def main() -> None:
         n_tok, dt = timed(lambda bs=bs: steered(b, b.prompts, args.tokens, bs))
         rates[label] = n_tok / dt
         print(line(label, bs, len(b.prompts), n_tok, dt))
+    print(cpu_line())
     print(f"ratio batched / one-at-a-time = {rates['batched'] / rates['one-at-a-time']:.2f}x (target >= 5x)")
 
 

@@ -14,17 +14,9 @@ from __future__ import annotations
 
 import argparse
 
-from _harness import Bench, line, setup, steered, timed
+from _harness import Bench, cpu_line, line, setup, steered, timed
 
 from steerlimits.steer import as_dtype, greedy
-
-
-def _amx() -> str:
-    try:
-        flags = open("/proc/cpuinfo", encoding="utf-8").read()
-    except OSError:
-        return "unknown"
-    return "yes" if "amx_bf16" in flags else "no"
 
 
 def run(b: Bench, path: str, dtype: str, prompts: list[list[int]], tokens: int, batch: int) -> int:
@@ -74,7 +66,7 @@ def main() -> None:
             best = max(best, n_tok / dt)
             print(line(dtype, args.batch, len(b.prompts), n_tok, dt), flush=True)
         rates[dtype] = best
-    print(f"{args.model}, path {path}, {args.threads} thread(s), AMX bf16: {_amx()}")
+    print(f"{args.model}, path {path}, {args.threads} thread(s); {cpu_line()}")
     print(f"ratio bfloat16 / float32 = {rates['bfloat16'] / rates['float32']:.2f}x (target >= 1.7x)")
 
 

@@ -22,6 +22,7 @@ import time
 import torch
 
 from steerlimits import hooks
+from steerlimits.hardware import cpu_info
 from steerlimits.invert import TruncatedLM, bf16_copy, exhaustive_sweep, reference_sweep, screened_sweep, target_states
 from steerlimits.models import load_model
 
@@ -128,6 +129,7 @@ def main() -> None:
         "gemm_gflops_bf16": round(gemm16 / 1e9, 1),
         "fraction_of_gemm_fp32": round(flops / gemm, 3),
         "fraction_of_bf16_gemm_screened": round(flops16 / gemm16, 3),
+        "cpu": cpu_info(),
     }
     print(json.dumps(report, indent=1))
     print(

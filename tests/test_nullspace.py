@@ -195,6 +195,37 @@ def test_fisher_and_steered_grams_equal_bruteforce(kind: str, cap: float | None)
     assert float(ev.min()) >= -1e-9 * float(ev.max())  # truncated Fisher stays PSD
 
 
+@pytest.mark.parametrize(("kind", "cap"), [("llama", None), ("gemma", 2.0)])
+def test_cached_float64_unembedding_changes_no_bit(
+    kind: str, cap: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The float64 unembedding is converted once per weight: the grams of a prompt are bit-identical whether the
+    copy is cold (just made), warm (reused) or absent (an unembedding over the size cap, converted per prompt),
+    and a weight changed in place gets a fresh copy."""
+    model = _tiny(kind, cap=cap)
+    weight = model.get_output_embeddings().weight
+    ids = torch.randint(3, 200, (1, 6), generator=torch.Generator().manual_seed(5))
+    ns._DOUBLE_CACHE.clear(), ns._GRAM_CACHE.clear()
+    cold = ns.logprob_jacobian_grams(model, ids, None, 1, fisher_mass=0.9)
+    wd = ns.double_unembedding(weight)
+    assert wd is not None and torch.equal(wd, weight.detach().double())
+    assert ns.double_unembedding(weight) is wd  # reused
+    warm = ns.logprob_jacobian_grams(model, ids, None, 1, fisher_mass=0.9)
+    monkeypatch.setattr(ns, "DOUBLE_CACHE_MAX", 0)
+    ns._GRAM_CACHE.clear()
+    assert ns.double_unembedding(weight) is None
+    uncached = ns.logprob_jacobian_grams(model, ids, None, 1, fisher_mass=0.9)
+    for form in ("plain", "fisher"):
+        assert torch.equal(cold[form], warm[form]) and torch.equal(cold[form], uncached[form])
+    monkeypatch.undo()
+    with torch.no_grad():
+        weight.mul_(2.0)  # in place: same object, new version
+    fresh = ns.double_unembedding(weight)
+    assert fresh is not None and fresh is not wd and torch.equal(fresh, weight.detach().double())
+    if cap is None:  # the Gram matrix is cached by the same rule
+        torch.testing.assert_close(ns.unembedding_gram(weight)[0], fresh.T @ fresh)
+
+
 def test_jacobian_left_padding_and_fallback(caplog: pytest.LogCaptureFixture) -> None:
     model = _tiny("llama")
     ids = torch.randint(3, 200, (1, 6), generator=torch.Generator().manual_seed(3))

@@ -249,23 +249,58 @@ def gather_token_activations(
 
 # ------------------------------------------------------------------------------------------- Jacobians
 _GRAM_CACHE: dict[int, tuple[weakref.ref[Tensor], int, Tensor, Tensor]] = {}
+_DOUBLE_CACHE: dict[int, tuple[weakref.ref[Tensor], int, Tensor]] = {}
+
+
+def _cached(cache: dict[int, Any], weight: Tensor) -> Any:
+    """The entry of ``cache`` made for ``weight`` as it is now (same object, not modified since), else None; entries
+    of freed weights are dropped."""
+    for key in [k for k, entry in cache.items() if entry[0]() is None]:
+        del cache[key]
+    hit = cache.get(id(weight))
+    return hit if hit is not None and hit[0]() is weight and hit[1] == weight._version else None
+
+
+#: Largest unembedding (V·d values) whose float64 copy is kept: 2^28 values, 2 GiB (Gemma-3-270M has 168 M).
+#: Larger ones (paper-scale models) are converted chunk by chunk for every prompt, as before the cache existed.
+DOUBLE_CACHE_MAX = 1 << 28
+
+
+def double_unembedding(weight: Tensor) -> Tensor | None:
+    """A float64 CPU copy of the unembedding ``W`` ``(V, d)``, made once per weight (cached), or None when ``W``
+    has more than :data:`DOUBLE_CACHE_MAX` values. Every Jacobian prompt reads it (``u = Wᵀp``, the Fisher head's
+    rows) instead of converting ``V × d`` values again."""
+    if weight.numel() > DOUBLE_CACHE_MAX:
+        return None
+    hit = _cached(_DOUBLE_CACHE, weight)
+    if hit is not None:
+        return hit[2]
+    with torch.no_grad():
+        wd = weight.detach().cpu().double()
+    _DOUBLE_CACHE[id(weight)] = (weakref.ref(weight), weight._version, wd)
+    return wd
+
+
+def double_rows(weight: Tensor, rows: slice | Tensor) -> Tensor:
+    """Rows ``rows`` of the unembedding in float64: from the cached copy where there is one, else converted now.
+    The values are those of a fresh conversion either way, so the grams do not change by a bit
+    (test_nullspace, ``bench/bench_jacobian.py``)."""
+    wd = double_unembedding(weight)
+    return wd[rows] if wd is not None else weight[rows].detach().cpu().double()
 
 
 def unembedding_gram(weight: Tensor, chunk: int = 16384) -> tuple[Tensor, Tensor]:
     """``G = WᵀW`` ``(d, d)`` and ``s = Wᵀ1`` ``(d,)`` in float64 for an unembedding ``W`` ``(V, d)``; cached."""
-    hit = _GRAM_CACHE.get(id(weight))
-    if hit is not None and hit[0]() is weight and hit[1] == weight._version:
+    hit = _cached(_GRAM_CACHE, weight)
+    if hit is not None:
         return hit[2], hit[3]
     d = weight.shape[1]
     g = torch.zeros(d, d, dtype=torch.float64)
     s = torch.zeros(d, dtype=torch.float64)
-    with torch.no_grad():
-        for start in range(0, weight.shape[0], chunk):
-            w = weight[start : start + chunk].detach().cpu().double()
-            g += w.T @ w
-            s += w.sum(0)
-    for key in [k for k, entry in _GRAM_CACHE.items() if entry[0]() is None]:
-        del _GRAM_CACHE[key]  # drop entries of freed weights
+    for start in range(0, weight.shape[0], chunk):
+        w = double_rows(weight, slice(start, start + chunk))
+        g += w.T @ w
+        s += w.sum(0)
     _GRAM_CACHE[id(weight)] = (weakref.ref(weight), weight._version, g, s)
     return g, s
 
@@ -384,7 +419,7 @@ def logprob_jacobian_grams(
         if cap is None:
             g, s = unembedding_gram(weight, vocab_chunk)
             u = sum(
-                weight[i : i + vocab_chunk].detach().cpu().double().T @ p[i : i + vocab_chunk]
+                double_rows(weight, slice(i, i + vocab_chunk)).T @ p[i : i + vocab_chunk]
                 for i in range(0, vocab, vocab_chunk)
             )
         else:  # Y = diag(1 − tanh²) W, accumulated in vocabulary chunks
@@ -393,10 +428,7 @@ def logprob_jacobian_grams(
             s = torch.zeros(d, dtype=torch.float64)
             u = torch.zeros(d, dtype=torch.float64)
             for start in range(0, vocab, vocab_chunk):
-                y = (
-                    weight[start : start + vocab_chunk].detach().cpu().double()
-                    * scale[start : start + vocab_chunk, None]
-                )
+                y = double_rows(weight, slice(start, start + vocab_chunk)) * scale[start : start + vocab_chunk, None]
                 g += y.T @ y
                 s += y.sum(0)
                 u += y.T @ p[start : start + vocab_chunk]
@@ -405,7 +437,7 @@ def logprob_jacobian_grams(
         extra: dict[str, Any] = {}
         if fisher_mass is not None:
             top = _top_mass(p, fisher_mass, max_fisher_tokens)
-            y = weight[top].detach().cpu().double()
+            y = double_rows(weight, top)
             if scale is not None:
                 y = y * scale[top, None]
             pw = p[top]

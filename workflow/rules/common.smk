@@ -5,6 +5,7 @@ import sys
 
 sys.path.insert(0, str(Path(workflow.basedir).parent / "src"))  # importable without an install (CI installs it)
 
+from steerlimits.hardware import bf16_warning
 from steerlimits.registry import AssetError, preflight
 from steerlimits.settings import ConfigError, model_specs, params, validate_config
 
@@ -39,6 +40,12 @@ onstart:
         preflight(list(SPECS.values()))
     except AssetError as err:
         raise WorkflowError(str(err)) from None
+    # bf16 paths on a CPU without bf16 matrix instructions: slower than float32 (a warning, not a switch)
+    slow_bf16 = bf16_warning(config)
+    if slow_bf16:
+        from snakemake.logging import logger
+
+        logger.warning(f"WARNING: {slow_bf16}")
 
 
 def settings(rule):

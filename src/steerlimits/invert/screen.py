@@ -5,7 +5,8 @@ per target state, the top-k ``(token, distance)`` with ``δ(c) = ‖h^m_t(ŝ_<t,
 the engine's exhaustive mode (:func:`steerlimits.invert.invert`, ``screen_dtype="bfloat16"``) and paper A's
 certificates (:func:`certify`, several targets sharing one prefix share one sweep).
 
-bf16 screen (AMX matrix units make bf16 matmuls several times faster than float32 on current CPUs):
+bf16 screen (AMX matrix units make bf16 matmuls several times faster than float32; on a CPU without bf16
+instructions they are slower, docs/howto/cpu-speed.md):
 
 1. a bf16 copy of the model (:func:`bf16_copy`) scores every candidate: ``δ16(c)``;
 2. a calibration set is scored in float32: ``n_random`` seeded random candidates (at most 1/16 of them but at

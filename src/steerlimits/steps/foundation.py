@@ -288,6 +288,7 @@ def manifest(s: Manifest, inputs: Files, outputs: Files, log_path: str | None) -
     import importlib.metadata as md
     import platform
 
+    from steerlimits.hardware import cpu_info
     from steerlimits.provenance import REPO_ROOT, code_version
     from steerlimits.verify import sha256
 
@@ -321,12 +322,13 @@ def manifest(s: Manifest, inputs: Files, outputs: Files, log_path: str | None) -
         "code_version": code_version(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu": cpu_info(),
         "packages": packages,
         "models": models,
         "files": files,
         "job_runtime": runtime,
         "note": "files: every file under results/<run>/ and figures/<run>/ when the manifest was written "
-        "(sidecars included); job_runtime: Snakemake's benchmark of each job (s = wall seconds)",
+        "(sidecars included); job_runtime: Snakemake's benchmark of each job (s = wall seconds), measured on cpu",
     }
     write_json(outputs["manifest"], record)
     log.info("manifest: %d files, %d jobs timed", len(files), len(runtime))
