@@ -843,3 +843,34 @@ def test_f8_greys_only_panels_where_b0_fails_and_f9_marks_the_choice() -> None:
     panels = {ax.get_title(): ax for ax in fig9.axes if ax.get_title()}
     assert any("no α" in t.get_text() for t in panels["m · formality"].texts)
     assert not panels["m · sentiment"].texts
+
+
+def test_b13_reports_the_dtype_check() -> None:
+    """B13 comes from the dtype check's condition v: p of the effect-relative TOST, true below 0.05, false above,
+    na without an fp32 effect; absent when there is no dtype table."""
+
+    def t10(p: float, effect: float) -> pd.DataFrame:
+        base = {"model": "m", "trait": "t", "n": 32, "margin": 0.2 * effect, "identical_continuations": 0.1}
+        return pd.DataFrame(
+            [
+                {**base, "condition": "v", "effect_tost_p": p, "effect_float32": effect, "mean_float32": 0.19},
+                {**base, "condition": "alpha0", "effect_tost_p": 0.9, "effect_float32": effect, "mean_float32": -0.1},
+            ]
+        ).assign(mean_bfloat16=0.25)
+
+    assert "B13" not in set(_claims(2.0)["claim_id"])
+    for p, effect, want in ((0.01, 0.31, "true"), (0.534, 0.31, "false"), (0.01, 0.0, "na")):
+        tables = {**_tables(2.0), "t10": t10(p, effect)}
+        rows = C.claims_rows(
+            tables,
+            steer_layers={"m": 15},
+            delta=0.2,
+            tost_alpha=0.05,
+            target_d=1.0,
+            max_ppl_ratio=2.0,
+            cov_threshold=0.01,
+            jac_threshold=0.01,
+        )
+        b13 = [r for r in rows if r.claim_id == "B13"]
+        assert len(b13) == 1 and b13[0].value == p and b13[0].holds == want
+        assert "bf16 mean 0.25 vs fp32 0.19" in b13[0].note

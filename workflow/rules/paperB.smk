@@ -2,7 +2,7 @@
 # E7 null space per model and the alpha calibration per model x trait (held-out calibration stems, pilot, power)
 # -> one paired generation pool per model x trait at the calibrated alpha (E1, E2, E3, E5, E6) -> continuation-only
 # scores; E4 logits, steered-point spectra and "where v lives" per model; the fp32 / bf16 check on one pair
-# -> tables B-T1..T10 -> claims B0-B12 and figures B-F1..F9.
+# -> tables B-T1..T10 -> claims B0-B13 and figures B-F1..F9.
 # Docs: docs/paperB.md; settings: paperB.schema.yaml -> steerlimits.settings.paperb.
 from steerlimits.paperb import FIGURE_FILES, TABLE_FILES
 from steerlimits.settings import stage as _pb_stage
@@ -239,7 +239,7 @@ rule paperB_tables:
 
 
 rule paperB_claims:
-    """Claims rows B0-B12 per model x trait with fixed thresholds (docs/paperB.md) (effect-relative and paper
+    """Claims rows B0-B13 per model x trait with fixed thresholds (docs/paperB.md) (effect-relative and paper
     equivalence)."""
     input:
         **PB_TABLES,

@@ -13,7 +13,7 @@ Modules
 ``logits``      E4: next-token logit distances and KL under perturbations (no sampling).
 ``geometry``    B11: where v lives relative to each null space and the covariance's low-variance tail.
 ``tables``      B-T1 … B-T10 from the scored pools, calibrations, logits, spectra and the dtype check.
-``claims``      claims rows B0–B12 (docs/paperB.md, The claims) from the tables.
+``claims``      claims rows B0–B13 (docs/paperB.md, The claims) from the tables.
 ``figures``     B-F1 … B-F9.
 """
 

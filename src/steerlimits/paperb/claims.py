@@ -1,4 +1,4 @@
-"""Claims rows B0–B12 per model × trait (docs/paperB.md, The claims; decision D12), thresholds fixed in advance.
+"""Claims rows B0–B13 per model × trait (docs/paperB.md, The claims; decision D12), thresholds fixed in advance.
 
 * **B0** (precondition): an α qualified on the calibration stems, and on the *evaluation* stems at that α,
   d(αv, 0) ≥ ``target_d`` and the perplexity ratio (steered / unsteered continuations under the unsteered model)
@@ -42,6 +42,7 @@ STATEMENTS = {
     "B10": "The null space is large",
     "B11": "v concentrates in the covariance's low-variance tail (beyond random directions)",
     "B12": "Steering moves most stems its way (anti-steerability is the exception)",
+    "B13": "bfloat16 generations score like float32 ones (the project's check of paperB.dtype)",
 }
 
 
@@ -160,8 +161,8 @@ def claims_rows(
     jac_threshold: float,
     bound: float = 0.2,
 ) -> list[Claim]:
-    """All B rows from the tables ``t`` (keys ``t1`` … ``t9`` of :data:`steerlimits.paperb.TABLE_FILES`);
-    ``steer_layers`` maps model -> the layer called L/2 in B10."""
+    """All B rows from the tables ``t`` (keys ``t1`` … ``t9`` of :data:`steerlimits.paperb.TABLE_FILES`, and ``t10``
+    for B13 where present); ``steer_layers`` maps model -> the layer called L/2 in B10."""
     t1, t2, t3, t4, t5, t6, t7, t8, t9 = (t[k] for k in ("t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9"))
     out: list[Claim] = []
     for (model, trait), g1 in t1.groupby(["model", "trait"], sort=False):
@@ -388,14 +389,14 @@ def claims_rows(
         )
     # ---- B10 per model at L/2: both estimators, singular values relative to sigma_1
     for model, layer in steer_layers.items():
-        t = t7[(t7["model"] == model) & (t7["layer"] == layer)] if len(t7) else t7
+        spec = t7[(t7["model"] == model) & (t7["layer"] == layer)] if len(t7) else t7
         for method, thr, what in (
             ("covariance", cov_threshold, "covariance, outlier tokens kept (position 0 excluded)"),
             ("covariance_no_outliers", cov_threshold, "covariance, outlier tokens excluded"),
             ("jacobian", jac_threshold, "Jacobian, plain JᵀJ at 0"),
             ("jacobian_fisher", jac_threshold, "Jacobian, Fisher form at 0"),
         ):
-            r = t[(t["method"] == method) & np.isclose(t["threshold_rel_sigma1"], thr)] if len(t) else t
+            r = spec[(spec["method"] == method) & np.isclose(spec["threshold_rel_sigma1"], thr)] if len(spec) else spec
             nf = float(r["null_fraction"].iloc[0]) if len(r) else math.nan
             note = (
                 f"layer {layer}, d = {int(r['d'].iloc[0])}, effective rank {int(r['effective_rank'].iloc[0])}, "

@@ -1007,7 +1007,7 @@ def _matching_records(inputs: Files) -> list[dict[str, Any]]:
 
 
 def paperB_claims(s: PaperBClaims, inputs: Files, outputs: Files, log_path: str | None) -> None:
-    """Claims rows B0–B12 per model × trait with fixed thresholds (effect-relative and paper equivalence)."""
+    """Claims rows B0–B13 per model × trait with fixed thresholds (effect-relative and paper equivalence)."""
     t = read_tables(inputs)
     rows = claims_rows(
         t,
