@@ -571,6 +571,31 @@ def test_claims_rows_and_thresholds() -> None:
     assert C.paper_a_claims(t).set_index("claim_id").loc["A9", "holds"] == "false"  # a method closed the gap
 
 
+def test_claims_treat_uncomputed_values_as_not_shown() -> None:
+    """A NaN never makes a row hold: a black-box method without a steered value is neither best nor closing (in
+    any order), A4 without natural rows, A5 without a cold-start value and A7 without baseline rows are not
+    shown."""
+    nan = float("nan")
+    for methods in ([("a", 1.0, 0.6), ("b", nan, 0.6)], [("b", nan, 0.6), ("a", 1.0, 0.6)]):
+        row = C._black_box("A9", "m", "refusal", "s", "metric", methods, ">=", 0.5)
+        assert row.holds == "true" and row.value == 1.0
+    row = C._black_box("A9", "m", "refusal", "s", "metric", [("b", nan, 0.6)], ">=", 0.5)
+    assert row.holds == "false" and "not computed" in row.note
+    t = _synthetic()
+    t["positions"] = t["positions"][t["positions"]["condition"] != "natural"]
+    a4 = C.paper_a_claims(t).set_index("claim_id").loc["A4"]
+    assert a4["holds"] == "false" and math.isnan(a4["value"])
+    t = _synthetic()
+    cold = t["positions"][t["positions"]["condition"] == "steered"].assign(condition="steered_cold", top1=nan)
+    t["positions"] = pd.concat([t["positions"], cold.assign(chosen_token=0, true_token=0)], ignore_index=True)
+    a5 = C.paper_a_claims(t).set_index("claim_id").loc["A5"]
+    assert a5["holds"] == "false" and math.isnan(a5["value"])
+    t = _synthetic()
+    t["behaviour"] = t["behaviour"][t["behaviour"]["condition"] != "baseline"]
+    a7 = C.paper_a_claims(t).set_index("claim_id").loc["A7"]
+    assert a7["holds"] == "na" and "no baseline rows" in a7["note"]
+
+
 def test_distinct_fraction_tells_a_loop_from_text() -> None:
     assert distinct_fraction([7, 8] * 24) == pytest.approx(2 / 48)
     assert distinct_fraction(list(range(48))) == 1.0

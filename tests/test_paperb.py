@@ -874,3 +874,67 @@ def test_b13_reports_the_dtype_check() -> None:
         b13 = [r for r in rows if r.claim_id == "B13"]
         assert len(b13) == 1 and b13[0].value == p and b13[0].holds == want
         assert "bf16 mean 0.25 vs fp32 0.19" in b13[0].note
+
+
+def _rows(tables: dict[str, pd.DataFrame], **kw: object) -> pd.DataFrame:
+    rows = C.claims_rows(
+        tables,
+        steer_layers={"m": 15},
+        delta=0.2,
+        tost_alpha=0.05,
+        target_d=1.0,
+        max_ppl_ratio=2.0,
+        cov_threshold=0.01,
+        jac_threshold=0.01,
+        **kw,
+    )
+    return pd.DataFrame([r.__dict__ for r in rows])
+
+
+def test_a_family_of_dimension_zero_reads_na_not_false() -> None:
+    """A family whose subspace ∩ v⊥ is empty was skipped by the plan, so no table has its rows; the dimension the
+    pool recorded makes its B3, B7 and B9 rows na, not "false: not computed", and keeps its B9 rows from
+    vanishing when another family has combination rows."""
+    tables = _tables(2.0)
+    tables["t1"] = tables["t1"][tables["t1"]["condition"] != "v+u[null_jac]"]
+    base = tables["t1"][tables["t1"]["condition"] == "v+u[null_cov]"].iloc[0]
+    tables["t6"] = pd.DataFrame([base]).assign(part="b", draw=-1, family="null_cov", k=2)
+
+    def jac_rows(df: pd.DataFrame) -> pd.DataFrame:
+        return df[df["metric"].str.contains("null_jac")].set_index("claim_id")
+
+    blind = jac_rows(_rows(tables))
+    assert set(blind["holds"]) == {"false"}  # without the dimensions: "not computed"
+    assert not blind.index.str.startswith("B9").any()  # and B9 null_jac silently absent
+    told = _rows(tables, family_dims={("m", "t"): {"null_jac": 0, "null_cov": 84}})
+    jac = jac_rows(told)
+    assert set(jac.loc[["B3-effect", "B3-paper", "B7", "B9-effect", "B9-paper"], "holds"]) == {"na"}
+    assert jac["note"].str.contains("= 0").all()
+    cov_b9 = told[told["claim_id"].str.startswith("B9") & told["metric"].str.contains("null_cov")]
+    assert len(cov_b9) == 2 and (cov_b9["holds"] != "na").all()
+
+
+def test_a_failed_control_voids_only_rows_that_would_hold() -> None:
+    """With B4 failed (inert active family), a B3 row that would hold reads inconclusive (effect and paper rows
+    alike); a B3 row that fails on its own data stays false."""
+    tables = _tables(2.0, active=0.0)
+    df = _rows(tables)
+    b3 = df[(df["claim_id"].str.startswith("B3")) & df["metric"].str.contains("null_cov")].set_index("claim_id")
+    assert set(b3["holds"]) == {"inconclusive"} and b3["note"].str.contains("B4 failed").all()
+    t1 = tables["t1"].copy()
+    moved = t1["condition"] == "v+u[null_cov]"
+    t1.loc[moved, ["effect_tost_p", "cohens_d"]] = [0.9, 0.8]  # the null-space perturbation moved behaviour
+    df = _rows({**tables, "t1": t1})
+    b3 = df[(df["claim_id"].str.startswith("B3")) & df["metric"].str.contains("null_cov")].set_index("claim_id")
+    assert set(b3["holds"]) == {"false"} and not b3["note"].str.contains("inconclusive").any()
+
+
+def test_an_uncomputed_cell_fails_an_all_cells_row() -> None:
+    """ "All equivalent" over several cells cannot hold with a cell whose d was not computed (NaN)."""
+    tables = _tables(2.0)
+    base = tables["t1"][tables["t1"]["condition"] == "v+u[random_orth]"].iloc[0]
+    env = pd.DataFrame([base, base]).assign(seed="pooled", cohens_d=[0.05, float("nan")], effect_tost_p=[0.01, 0.01])
+    b6 = _rows({**tables, "t3": env}).set_index("claim_id").loc["B6-paper"]
+    assert b6["holds"] == "false" and math.isnan(b6["value"])
+    env = env.assign(cohens_d=[0.05, 0.1])
+    assert _rows({**tables, "t3": env}).set_index("claim_id").loc["B6-paper", "holds"] == "true"

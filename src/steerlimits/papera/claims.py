@@ -72,13 +72,17 @@ def _black_box(
     extra: str = "",
 ) -> Claim:
     """A8–A11: ``methods`` = ``(name, steered value, control gap closed)``; the value is the best (lowest)
-    steered value among methods that passed their control (among all when none did)."""
-    passed = [m for m in methods if m[2] >= CONTROL_PASS]
-    pool = passed or methods
-    name, value, _ = min(pool, key=lambda m: m[1])
-    overall = min(m[1] for m in methods)
+    steered value among methods that passed their control (among all when none did). A method whose steered value
+    is NaN (not computed) is listed but neither best nor closing; with none computed the row is ``false``."""
+    computed = [m for m in methods if not math.isnan(m[1])]
+    passed = [m for m in computed if m[2] >= CONTROL_PASS]
+    pool = passed or computed
+    name, value, _ = min(pool, key=lambda m: m[1]) if pool else ("none", math.nan, math.nan)
+    overall = min((m[1] for m in computed), default=math.nan)
     listing = "; ".join(f"{n}: {v:.3g} (control closed {c:.2f})" for n, v, c in methods)
-    if not check(overall, op, threshold) == "true":
+    if not computed:
+        holds, why = "false", "not computed (no method has a steered value)"
+    elif not check(overall, op, threshold) == "true":
         holds, why = "false", f"a method closes the gap ({overall:.3g})"
     elif passed:
         holds, why = "true", f"best validated method: {name}"
@@ -209,7 +213,8 @@ def paper_a_claims(t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                 )
             )
         nat_mean = float(pn["top1"].mean())
-        ratio = float(ps["top1"].mean()) / nat_mean if nat_mean > 0 else math.inf
+        # a natural mean of exactly 0 (bit-identical states) makes the ratio infinite; no natural rows make it NaN
+        ratio = float(ps["top1"].mean()) / nat_mean if nat_mean > 0 else math.inf if nat_mean == 0 else math.nan
         out.append(
             _row(
                 "A4",
@@ -237,7 +242,7 @@ def paper_a_claims(t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                     vector,
                     "Gap ≈ displacement [paper]",
                     "min(warm, cold) of median_t steered top-1 / ||Δh_t|| (t >= 1)",
-                    min(warm, cold),
+                    math.nan if math.isnan(warm) or math.isnan(cold) else min(warm, cold),
                     ">=",
                     0.9,
                     f"warm start {warm:.3g} (the prompt's own token is tried first, so <= 1 up to float "
@@ -257,7 +262,7 @@ def paper_a_claims(t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                     ">=",
                     0.9,
                     "no cold-start run: the warm start makes the value <= 1 by construction",
-                    holds="false" if warm < 0.9 else "inconclusive",
+                    holds="inconclusive" if warm >= 0.9 else "false",  # NaN: not shown
                 )
             )
         e2 = _sel(pr, model=model, vector=vector, experiment="E2")
@@ -286,9 +291,11 @@ def paper_a_claims(t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
             succ = bh.groupby("condition")["attack_success"].mean()
             natural_refusal = float(bh[bh["condition"] == "baseline"]["refusal"].mean())
             value = float(succ.get("recovered", math.nan) - succ.get("steered", math.nan))
-            na = natural_refusal < 0.5
+            na = not natural_refusal >= 0.5  # NaN (no baseline rows): the precondition is not shown either
             note = (
                 f"natural refusal {natural_refusal:.2f} < 0.5: precondition fails"
+                if natural_refusal < 0.5
+                else "no baseline rows: natural refusal unknown, precondition not shown"
                 if na
                 else f"natural refusal {natural_refusal:.2f}"
             ) + ("" if bool(bh["refusal_trained"].iloc[0]) else "; model not refusal-trained")
@@ -357,7 +364,7 @@ def paper_a_claims(t: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
                         ">=",
                         0.5,
                         "no positive control was run",
-                        holds="false" if value < 0.5 else "inconclusive",
+                        holds="inconclusive" if value >= 0.5 else "false",  # NaN: not shown
                     )
                 )
         e4 = _sel(t.get("e4"), model=model, vector=vector)

@@ -111,7 +111,7 @@ def _equiv(
         ]
     many = len(cells) > 1
     p_max = float(cells["effect_tost_p"].max()) if cells["effect_tost_p"].notna().all() else math.nan
-    d_max = float(cells["cohens_d"].abs().max())
+    d_max = float(cells["cohens_d"].abs().max()) if cells["cohens_d"].notna().all() else math.nan
     n, n_gen = int(cells["n"].min()), int(cells["n_gen"].min())
     effs = ", ".join(
         f"{e:.2f} [{lo:.2f}, {hi:.2f}]"
@@ -119,11 +119,16 @@ def _equiv(
     )
     where = f"{len(cells)} cells, smallest " if many else ""
     note = f"{where}n = {n} stems ({n_gen} generations); efficacy {effs}; {_power(cells)}{extra}"
-    holds_eff = check(p_max, "<", tost_alpha)
-    if inconclusive:
-        holds_eff, note_eff = "inconclusive", f"inconclusive: {inconclusive}; {note}"
-    else:
-        note_eff = note
+    holds_eff, holds_pap = check(p_max, "<", tost_alpha), check(d_max, "<", bound)
+    note_eff = note
+    note_pap = f"n = {int(cells['n_gen'].min())} vs {int(cells['n_ref'].min())} generations; {where}d CI " + ", ".join(
+        f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(cells["d_ci_low"], cells["d_ci_high"], strict=True)
+    )
+    if inconclusive:  # a failed control voids a row that would hold; a row that fails, fails on its own
+        if holds_eff == "true":
+            holds_eff, note_eff = "inconclusive", f"inconclusive: {inconclusive}; {note}"
+        if holds_pap == "true":
+            holds_pap, note_pap = "inconclusive", f"inconclusive: {inconclusive}; {note_pap}"
     suffix = ", max over cells" if many else ""
     return [
         _row(
@@ -141,10 +146,8 @@ def _equiv(
             f"{metric} [|d|{suffix}]",
             d_max,
             f"|d| < {bound:g}" + (" (all)" if many else ""),
-            check(d_max, "<", bound),
-            f"n = {int(cells['n_gen'].min())} vs {int(cells['n_ref'].min())} "
-            f"generations; {where}d CI "
-            + ", ".join(f"[{lo:.2f}, {hi:.2f}]" for lo, hi in zip(cells["d_ci_low"], cells["d_ci_high"], strict=True)),
+            holds_pap,
+            note_pap,
         ),
     ]
 
@@ -160,9 +163,12 @@ def claims_rows(
     cov_threshold: float,
     jac_threshold: float,
     bound: float = 0.2,
+    family_dims: Mapping[tuple[str, str], Mapping[str, int]] | None = None,
 ) -> list[Claim]:
     """All B rows from the tables ``t`` (keys ``t1`` … ``t9`` of :data:`steerlimits.paperb.TABLE_FILES`, and ``t10``
-    for B13 where present); ``steer_layers`` maps model -> the layer called L/2 in B10."""
+    for B13 where present); ``steer_layers`` maps model -> the layer called L/2 in B10; ``family_dims`` maps
+    (model, trait) -> family -> dim(subspace ∩ v⊥) as the pools recorded it (a family of dimension 0 has no rows
+    in the tables at all, and its rows read ``na`` like those of dimension 1)."""
     t1, t2, t3, t4, t5, t6, t7, t8, t9 = (t[k] for k in ("t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9"))
     out: list[Claim] = []
     for (model, trait), g1 in t1.groupby(["model", "trait"], sort=False):
@@ -225,9 +231,11 @@ def claims_rows(
         )
         na = "" if ok else "B0 failed (steering does not work here at a fluent alpha; figure B-F9)"
 
-        def dim_skip(fam: str) -> str:
+        dims = dict((family_dims or {}).get((model, trait), {}))
+
+        def dim_skip(fam: str, dims: Mapping[str, int] = dims) -> str:
             r = cells(t1, condition=f"v+u[{fam}]")
-            dim = float(r["subspace_dim"].iloc[0]) if len(r) and "subspace_dim" in r else math.nan
+            dim = float(r["subspace_dim"].iloc[0]) if len(r) and "subspace_dim" in r else dims.get(fam, math.nan)
             if not math.isnan(dim) and dim < 2:
                 return f"dim({fam} subspace ∩ v⊥) = {int(dim)} < 2: no independent draws"
             return ""
@@ -309,6 +317,7 @@ def claims_rows(
             ratio = float(h["ratio_to_random"].iloc[0]) if len(h) else math.nan
             kl = float(h["kl_ratio_to_random"].iloc[0]) if len(h) and "kl_ratio_to_random" in h else math.nan
             holds = "true" if check(ratio, "<", 1.0) == "true" and check(kl, "<", 1.0) == "true" else "false"
+            dim0 = not len(h) and dims.get(fam) == 0  # no direction of the family orthogonal to v: nothing to test
             out.append(
                 _row(
                     "B7",
@@ -316,8 +325,8 @@ def claims_rows(
                     f"{trait}: ||z(v)-z(v+u)|| / ||z(v)-z(v+r)||, {fam}",
                     ratio,
                     "< 1 (and the same for KL)",
-                    holds if ok else "na",
-                    (f"na: {na}; " if not ok else "")
+                    "na" if not ok or dim0 else holds,
+                    (f"na: {na}; " if not ok else f"na: dim({fam} subspace ∩ v⊥) = 0; " if dim0 else "")
                     + (
                         f"KL ratio {kl:.3f}; {int(h['n_prefixes'].iloc[0])} evaluation prefixes, "
                         f"{int(h['n'].iloc[0])} (prefix, u)"
@@ -335,7 +344,9 @@ def claims_rows(
             if "part" in t6
             else t6.iloc[0:0]
         )
-        for fam in sorted(set(b["family"])) or ["null_jac"]:
+        # families too small for independent draws were skipped by the plan, so they have no rows here: add them
+        small = {f for f in ("null_jac", "null_cov") if dims.get(f, math.inf) < 2}
+        for fam in sorted(set(b["family"]) | small) or ["null_jac"]:
             bf = b[(b["family"] == fam) & (b["k"] >= 2)]
             out += _equiv(
                 "B9",

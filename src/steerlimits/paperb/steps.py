@@ -1009,9 +1009,12 @@ def _matching_records(inputs: Files) -> list[dict[str, Any]]:
 def paperB_claims(s: PaperBClaims, inputs: Files, outputs: Files, log_path: str | None) -> None:
     """Claims rows B0–B13 per model × trait with fixed thresholds (effect-relative and paper equivalence)."""
     t = read_tables(inputs)
+    pools = read_sidecar(inputs["t1"]).get("pools", {})  # the families' dimensions as each pool's plan found them
+    dims = {(str(p["model"]), str(p["trait"])): p.get("family_dims", {}) for p in pools.values()}
     rows = claims_rows(
         t,
         steer_layers=dict(s.half_layers),
+        family_dims=dims,
         delta=s.delta,
         tost_alpha=s.tost_alpha,
         target_d=s.target_d,
