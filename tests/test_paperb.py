@@ -581,9 +581,9 @@ def _tables(shift: float, active: float = -1.0) -> dict[str, pd.DataFrame]:
     }
 
 
-def _claims(shift: float, active: float = -1.0) -> pd.DataFrame:
+def _rows(tables: dict[str, pd.DataFrame], **kw: object) -> pd.DataFrame:
     rows = C.claims_rows(
-        _tables(shift, active),
+        tables,
         steer_layers={"m": 15},
         delta=0.2,
         tost_alpha=0.05,
@@ -591,8 +591,13 @@ def _claims(shift: float, active: float = -1.0) -> pd.DataFrame:
         max_ppl_ratio=2.0,
         cov_threshold=0.01,
         jac_threshold=0.01,
+        **kw,
     )
     return pd.DataFrame([r.__dict__ for r in rows])
+
+
+def _claims(shift: float, active: float = -1.0) -> pd.DataFrame:
+    return _rows(_tables(shift, active))
 
 
 def test_claims_known_answers_na_and_inconclusive() -> None:
@@ -619,32 +624,13 @@ def test_claims_known_answers_na_and_inconclusive() -> None:
     assert C.sign_test_p(0.5, 16) > 0.05 and math.isnan(C.sign_test_p(0.1, 0))
     tables = _tables(2.0)
     tables["t9"] = tables["t9"].assign(value=0.55)  # inside the random range: B11 fails
-    rows = C.claims_rows(
-        tables,
-        steer_layers={"m": 15},
-        delta=0.2,
-        tost_alpha=0.05,
-        target_d=1.0,
-        max_ppl_ratio=2.0,
-        cov_threshold=0.01,
-        jac_threshold=0.01,
-    )
-    assert [r.holds for r in rows if r.claim_id == "B11"] == ["false"]
+    df = _rows(tables)
+    assert df.loc[df["claim_id"] == "B11", "holds"].tolist() == ["false"]
     # no alpha qualified on the calibration stems: B0 fails for the pair even where the evaluation stems pass
     tables = _tables(2.0)
     tables["t8"] = tables["t8"].assign(b0_calibration=[False, None])
-    rows = C.claims_rows(
-        tables,
-        steer_layers={"m": 15},
-        delta=0.2,
-        tost_alpha=0.05,
-        target_d=1.0,
-        max_ppl_ratio=2.0,
-        cov_threshold=0.01,
-        jac_threshold=0.01,
-    )
-    b0 = next(r for r in rows if r.claim_id == "B0")
-    assert b0.holds == "false" and "no alpha qualified" in b0.note
+    b0 = _rows(tables).set_index("claim_id").loc["B0"]
+    assert b0["holds"] == "false" and "no alpha qualified" in b0["note"]
     # the active control inert -> B4 false and the null-space rows inconclusive
     inert = _claims(2.0, active=0.0).set_index("claim_id")
     assert inert.loc["B4", "holds"] == "false"
@@ -861,34 +847,10 @@ def test_b13_reports_the_dtype_check() -> None:
     assert "B13" not in set(_claims(2.0)["claim_id"])
     for p, effect, want in ((0.01, 0.31, "true"), (0.534, 0.31, "false"), (0.01, 0.0, "na")):
         tables = {**_tables(2.0), "t10": t10(p, effect)}
-        rows = C.claims_rows(
-            tables,
-            steer_layers={"m": 15},
-            delta=0.2,
-            tost_alpha=0.05,
-            target_d=1.0,
-            max_ppl_ratio=2.0,
-            cov_threshold=0.01,
-            jac_threshold=0.01,
-        )
-        b13 = [r for r in rows if r.claim_id == "B13"]
-        assert len(b13) == 1 and b13[0].value == p and b13[0].holds == want
-        assert "bf16 mean 0.25 vs fp32 0.19" in b13[0].note
-
-
-def _rows(tables: dict[str, pd.DataFrame], **kw: object) -> pd.DataFrame:
-    rows = C.claims_rows(
-        tables,
-        steer_layers={"m": 15},
-        delta=0.2,
-        tost_alpha=0.05,
-        target_d=1.0,
-        max_ppl_ratio=2.0,
-        cov_threshold=0.01,
-        jac_threshold=0.01,
-        **kw,
-    )
-    return pd.DataFrame([r.__dict__ for r in rows])
+        df = _rows(tables)
+        b13 = df[df["claim_id"] == "B13"]
+        assert len(b13) == 1 and b13["value"].iloc[0] == p and b13["holds"].iloc[0] == want
+        assert "bf16 mean 0.25 vs fp32 0.19" in b13["note"].iloc[0]
 
 
 def test_a_family_of_dimension_zero_reads_na_not_false() -> None:
