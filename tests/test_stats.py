@@ -188,6 +188,8 @@ def test_effect_tost_is_two_paired_one_sided_t_tests() -> None:
     # no effect -> cannot be equivalent; degenerate -> nan
     assert st.effect_tost(z + 0.01, z, z).p > 0.5
     assert math.isnan(st.effect_tost([1.0], [2.0], [0.0]).p)
+    # no variance in either contrast (every stem the same): not a test, so NaN, never equivalence (p = 0)
+    assert math.isnan(st.effect_tost([1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]).p)
 
 
 def test_effect_tost_size_at_the_margin_and_power_by_simulation() -> None:

@@ -396,6 +396,8 @@ def effect_tost(x: ArrayLike, ref: ArrayLike, zero: ArrayLike, *, delta: float =
     if n < 2:
         return out
     lo, hi = _contrasts(xa, ra, za, delta)
+    if float(lo.std(ddof=1)) == 0.0 and float(hi.std(ddof=1)) == 0.0:
+        return out  # degenerate (e.g. identical continuations everywhere): nothing to test, p stays NaN
     ps = []
     for c in (lo, hi):
         sd = float(c.std(ddof=1))
