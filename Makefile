@@ -55,3 +55,4 @@ bench: setup
 	$(VENV)/python bench/bench_invert.py --threads 1
 	$(VENV)/python bench/bench_screen_error.py --threads 1
 	$(VENV)/python bench/bench_jacobian.py --threads 1
+	$(VENV)/python bench/bench_dtype.py --threads 1

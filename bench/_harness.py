@@ -3,6 +3,7 @@ line each measurement prints (throughput counts useful tokens only, up to each s
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from collections.abc import Callable
@@ -76,3 +77,15 @@ def cpu_line() -> str:
     """The CPU a ratio was measured on (bf16 ratios depend on it: native bf16 = AMX or AVX512-BF16)."""
     c = cpu_info()
     return f"CPU {c['model']}, {c['torch_capability']}, native bf16: {'yes' if c['native_bf16'] else 'no'}"
+
+
+def model_bench(description: str, model: str, count: tuple[str, int, str]) -> tuple[argparse.Namespace, Any, Any]:
+    """Parse ``--model`` (default ``model``), ``--threads`` (default 1) and one count option ``count`` = (flag,
+    default, help); set the torch threads and load the model. Returns ``(args, model, tokenizer)``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", default=model)
+    ap.add_argument(count[0], type=int, default=count[1], help=count[2])
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    return args, *load_model(args.model)

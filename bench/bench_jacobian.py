@@ -7,28 +7,22 @@ per-prompt times and whether the grams are bit-identical.
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from _harness import cpu_line  # noqa: E402
+from _harness import cpu_line, model_bench  # noqa: E402
 
 from steerlimits import nullspace as ns  # noqa: E402
-from steerlimits.models import load_model  # noqa: E402
 from steerlimits.paperb import nullspace_step as N  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="gemma3-270m")
-    ap.add_argument("--n", type=int, default=4, help="estimation prompts timed per mode")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    model, tok = load_model(args.model)
+    args, model, tok = model_bench(
+        __doc__.splitlines()[0], "gemma3-270m", ("--n", 4, "estimation prompts timed per mode")
+    )
     layer = model.config.num_hidden_layers // 2
     prompts = [torch.tensor([tok(t)["input_ids"]]) for t in N.estimation_texts(None)[: args.n]]
     ns.unembedding_gram(model.get_output_embeddings().weight)  # the Gram matrix is cached in both modes

@@ -20,8 +20,8 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from _harness import cpu_line  # noqa: E402
 
-from steerlimits.hardware import cpu_info  # noqa: E402
 from steerlimits.invert import PrefixKV, TruncatedLM, bf16_copy  # noqa: E402
 from steerlimits.invert.screen import relative_error, sweep_distances  # noqa: E402
 from steerlimits.models import load_model  # noqa: E402
@@ -60,7 +60,7 @@ def main() -> None:
         dac, tac = sweep(tl32, autocast=True)
     print(
         f"{args.model}, prefix length {args.prefix}, {args.n} candidates, hidden_states[{m}], median distance "
-        f"{float(d32.median()):.3g}; CPU {cpu_info()['model']}, native bf16: {cpu_info()['native_bf16']}"
+        f"{float(d32.median()):.3g}; {cpu_line()}"
     )
     print(f"  float32          {t32:6.1f} s")
     for label, d, t in (("bf16 copy", d16, t16), ("autocast bf16", dac, tac)):

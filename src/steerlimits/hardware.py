@@ -3,8 +3,8 @@
 Several stages run their matrix work in bfloat16 where only an order or a behaviour is needed (the keys of
 :data:`BF16_KEYS`). That is a speed-up only on CPUs with bf16 matrix instructions (Intel AMX, AVX512-BF16). On a
 CPU with neither, PyTorch emulates bf16 matmuls and they run several times *slower* than float32 (measured on a
-2-core AMD EPYC virtual machine with AVX2 only: 14–18 GFLOP/s in bf16 against 46–69 in float32 for the models'
-matmul shapes, one thread; docs/howto/cpu-speed.md).
+2-core AMD EPYC virtual machine with AVX2 only: 16–19 GFLOP/s in bf16 against 46–74 in float32 for the models'
+matmul shapes, one thread, ``bench/bench_dtype.py``; docs/howto/cpu-speed.md).
 
 The dtype is part of the config, so a run does not switch it by itself (bf16 and float32 generations differ, and
 results must not depend on the machine); :func:`bf16_warning` tells the user at the start of a run instead, and
